@@ -1,0 +1,380 @@
+"""Every config key segtron knows, with Detectron2's default value.
+
+``segtron.config.get_cfg()`` returns a copy of ``_C``. Keys and defaults follow Detectron2 v0.6
+exactly (``tests/config/test_defaults_parity.py`` checks this against Detectron2's own dump), so
+Detectron2 YAML files merge unchanged. Keys that segtron adds are listed in
+``SEGTRON_ADDED_KEYS`` at the bottom; a key is never removed or given another default.
+
+Conventions: sizes are pixels of the network input; "train"/"test" suffixes select the phase;
+list-valued keys are replaced (not appended to) by a YAML file or command-line override.
+"""
+
+from .config import CfgNode as CN
+
+_C = CN()
+
+# Version of the config format. Detectron2 configs without VERSION are read as version 2.
+_C.VERSION = 2
+
+# -----------------------------------------------------------------------------
+# Model
+# -----------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.LOAD_PROPOSALS = False
+_C.MODEL.MASK_ON = False
+_C.MODEL.KEYPOINT_ON = False
+_C.MODEL.DEVICE = "cuda"
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# Path or URL of a checkpoint to initialise from (a .pth/.pkl file or a model-zoo URL).
+_C.MODEL.WEIGHTS = ""
+# Per-channel mean and std of input images, in INPUT.FORMAT channel order, 0..255 scale.
+_C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
+_C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+
+# -----------------------------------------------------------------------------
+# Input
+# -----------------------------------------------------------------------------
+_C.INPUT = CN()
+# Shortest-edge sizes for training; one is picked per image (see MIN_SIZE_TRAIN_SAMPLING).
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+# "choice": pick one of MIN_SIZE_TRAIN; "range": sample uniformly in [min, max].
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+# 0 disables test-time resizing.
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+# "horizontal", "vertical" or "none".
+_C.INPUT.RANDOM_FLIP = "horizontal"
+
+_C.INPUT.CROP = CN({"ENABLED": False})
+# One of "relative_range", "relative", "absolute", "absolute_range".
+_C.INPUT.CROP.TYPE = "relative_range"
+_C.INPUT.CROP.SIZE = [0.9, 0.9]
+
+# Channel order the model expects: "BGR", "RGB", "L" or "YUV-BT.601".
+_C.INPUT.FORMAT = "BGR"
+# "polygon" or "bitmask": how instance masks are kept between the mapper and the model.
+_C.INPUT.MASK_FORMAT = "polygon"
+
+# -----------------------------------------------------------------------------
+# Datasets (names registered in DatasetCatalog)
+# -----------------------------------------------------------------------------
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.PROPOSAL_FILES_TRAIN = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
+_C.DATASETS.TEST = ()
+_C.DATASETS.PROPOSAL_FILES_TEST = ()
+_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000
+
+# -----------------------------------------------------------------------------
+# Data loader
+# -----------------------------------------------------------------------------
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+# Batch images of similar aspect ratio (landscape vs portrait) together.
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# "TrainingSampler", "RepeatFactorTrainingSampler" or "RandomSubsetTrainingSampler".
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+_C.DATALOADER.REPEAT_THRESHOLD = 0.0
+_C.DATALOADER.REPEAT_SQRT = True
+# Drop training images that have no usable annotation.
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+
+# -----------------------------------------------------------------------------
+# Backbone
+# -----------------------------------------------------------------------------
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+# Stages up to this one are frozen: 0 none, 1 the stem, 2 stem and res2, ...
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = []
+_C.MODEL.FPN.OUT_CHANNELS = 256
+_C.MODEL.FPN.NORM = ""
+# "sum" or "avg": how the top-down and lateral features are fused.
+_C.MODEL.FPN.FUSE_TYPE = "sum"
+
+# -----------------------------------------------------------------------------
+# Proposal generator
+# -----------------------------------------------------------------------------
+_C.MODEL.PROPOSAL_GENERATOR = CN()
+# "RPN" or "PrecomputedProposals".
+_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+# Proposals with a side below this (input pixels) are dropped.
+_C.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = 0
+
+# -----------------------------------------------------------------------------
+# Anchor generator
+# -----------------------------------------------------------------------------
+_C.MODEL.ANCHOR_GENERATOR = CN()
+_C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
+# One list of sizes (sqrt of area, input pixels) per feature map, or one list for all.
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
+# Height / width ratios, per feature map or one list for all.
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# Rotated anchors only: angles in degrees.
+_C.MODEL.ANCHOR_GENERATOR.ANGLES = [[-90, 0, 90]]
+# Anchor centre offset in units of the feature stride, in [0, 1).
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+
+# -----------------------------------------------------------------------------
+# RPN
+# -----------------------------------------------------------------------------
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
+_C.MODEL.RPN.IN_FEATURES = ["res4"]
+# Anchors this many pixels outside the image are ignored in training; -1 keeps all.
+_C.MODEL.RPN.BOUNDARY_THRESH = -1
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# "smooth_l1", "giou", "diou" or "ciou".
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+# 0.0 makes smooth-L1 an L1 loss.
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+# Top proposals kept per feature map before NMS, and per image after NMS.
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.NMS_THRESH = 0.7
+# Channels of the head's hidden convs; -1 means "same as the input".
+_C.MODEL.RPN.CONV_DIMS = [-1]
+
+# -----------------------------------------------------------------------------
+# ROI heads
+# -----------------------------------------------------------------------------
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+# Number of foreground classes.
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+# Sampled proposals per image for the box head, and their foreground share.
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+# Add the ground-truth boxes to the proposals during training.
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+
+# -----------------------------------------------------------------------------
+# Box head
+# -----------------------------------------------------------------------------
+_C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.NAME = ""
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+# "ROIAlignV2" (aligned), "ROIAlign", "ROIPool" or "ROIAlignRotated".
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 0
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+_C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_BOX_HEAD.NORM = ""
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+_C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False
+# Federated loss (LVIS) and sigmoid cross-entropy options.
+_C.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False
+_C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
+_C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
+_C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
+
+# -----------------------------------------------------------------------------
+# Cascade box head
+# -----------------------------------------------------------------------------
+_C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
+_C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = (
+    (10.0, 10.0, 5.0, 5.0),
+    (20.0, 20.0, 10.0, 10.0),
+    (30.0, 30.0, 15.0, 15.0),
+)
+_C.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
+
+# -----------------------------------------------------------------------------
+# Mask head
+# -----------------------------------------------------------------------------
+_C.MODEL.ROI_MASK_HEAD = CN()
+_C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_MASK_HEAD.NORM = ""
+_C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
+_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
+
+# -----------------------------------------------------------------------------
+# Keypoint head
+# -----------------------------------------------------------------------------
+_C.MODEL.ROI_KEYPOINT_HEAD = CN()
+_C.MODEL.ROI_KEYPOINT_HEAD.NAME = "KRCNNConvDeconvUpsampleHead"
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = tuple(512 for _ in range(8))
+_C.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = 17
+# Images with fewer visible keypoints than this are skipped in training.
+_C.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = 1
+# True: normalise the loss by the visible keypoints of each batch; False: by a fixed count.
+_C.MODEL.ROI_KEYPOINT_HEAD.NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS = True
+_C.MODEL.ROI_KEYPOINT_HEAD.LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE = "ROIAlignV2"
+
+# -----------------------------------------------------------------------------
+# Semantic segmentation head
+# -----------------------------------------------------------------------------
+_C.MODEL.SEM_SEG_HEAD = CN()
+_C.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
+_C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+# Label ignored by the loss.
+_C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+# Number of stuff classes (+1 for "things" in panoptic FPN).
+_C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 54
+_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128
+_C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
+_C.MODEL.SEM_SEG_HEAD.NORM = "GN"
+_C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+
+_C.MODEL.PANOPTIC_FPN = CN()
+_C.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT = 1.0
+_C.MODEL.PANOPTIC_FPN.COMBINE = CN({"ENABLED": True})
+_C.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH = 0.5
+_C.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 4096
+_C.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.5
+
+# -----------------------------------------------------------------------------
+# RetinaNet
+# -----------------------------------------------------------------------------
+_C.MODEL.RETINANET = CN()
+_C.MODEL.RETINANET.NUM_CLASSES = 80
+_C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.RETINANET.NUM_CONVS = 4
+_C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
+_C.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]
+# Initial foreground probability of the classification layer.
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+_C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
+_C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5
+_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
+_C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.1
+_C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RETINANET.NORM = ""
+
+# -----------------------------------------------------------------------------
+# ResNet
+# -----------------------------------------------------------------------------
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50
+_C.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+# 1 for ResNet, > 1 for ResNeXt.
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+# "FrozenBN", "BN", "SyncBN", "GN", "nnSyncBN", "LN" or "" (no norm).
+_C.MODEL.RESNETS.NORM = "FrozenBN"
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+# True: stride 2 sits on the first 1x1 conv of a bottleneck (MSRA); False: on the 3x3 (torchvision).
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
+# 1 or 2; 2 gives the "DC5" variant.
+_C.MODEL.RESNETS.RES5_DILATION = 1
+# Output channels of res2; 64 for R18/R34.
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+# Deformable convolution in res2..res5.
+_C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
+_C.MODEL.RESNETS.DEFORM_MODULATED = False
+_C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
+
+# -----------------------------------------------------------------------------
+# Solver
+# -----------------------------------------------------------------------------
+_C.SOLVER = CN()
+# "WarmupMultiStepLR", "WarmupCosineLR" or "WarmupStepWithFixedGammaLR".
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+_C.SOLVER.MAX_ITER = 40000
+_C.SOLVER.BASE_LR = 0.001
+# Final LR of WarmupCosineLR.
+_C.SOLVER.BASE_LR_END = 0.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.GAMMA = 0.1
+# Iterations at which the LR is multiplied by GAMMA.
+_C.SOLVER.STEPS = (30000,)
+# Number of decays of WarmupStepWithFixedGammaLR.
+_C.SOLVER.NUM_DECAYS = 3
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
+_C.SOLVER.WARMUP_ITERS = 1000
+# "linear" or "constant".
+_C.SOLVER.WARMUP_METHOD = "linear"
+# Whether WarmupStepWithFixedGammaLR rescales its decay interval after warmup.
+_C.SOLVER.RESCALE_INTERVAL = False
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Total images per iteration over all processes.
+_C.SOLVER.IMS_PER_BATCH = 16
+# When > 0, scale LR, batch and schedule linearly from this world size to the actual one.
+_C.SOLVER.REFERENCE_WORLD_SIZE = 0
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+# None means "same as WEIGHT_DECAY".
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
+
+_C.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": False})
+# "value" clips each gradient element; "norm" clips each parameter's gradient norm.
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+
+_C.SOLVER.AMP = CN({"ENABLED": False})
+
+# -----------------------------------------------------------------------------
+# Test
+# -----------------------------------------------------------------------------
+_C.TEST = CN()
+# Each entry is [task, metric, value, tolerance], e.g. ["bbox", "AP", 38.5, 0.2].
+_C.TEST.EXPECTED_RESULTS = []
+# Evaluate every this many iterations during training; 0 only at the end.
+_C.TEST.EVAL_PERIOD = 0
+# OKS sigmas for keypoint AP; empty means COCO's 17 sigmas.
+_C.TEST.KEYPOINT_OKS_SIGMAS = []
+_C.TEST.DETECTIONS_PER_IMAGE = 100
+
+_C.TEST.AUG = CN({"ENABLED": False})
+_C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+_C.TEST.AUG.MAX_SIZE = 4000
+_C.TEST.AUG.FLIP = True
+
+_C.TEST.PRECISE_BN = CN({"ENABLED": False})
+_C.TEST.PRECISE_BN.NUM_ITER = 200
+
+# -----------------------------------------------------------------------------
+# Misc
+# -----------------------------------------------------------------------------
+_C.OUTPUT_DIR = "./output"
+# Negative: a random seed per run (logged); otherwise fixed.
+_C.SEED = -1
+_C.CUDNN_BENCHMARK = False
+# torch.backends float32 matmul precision ("highest", "high", "medium"); "" leaves it alone.
+_C.FLOAT32_PRECISION = ""
+# Visualise training batches every this many iterations; 0 disables.
+_C.VIS_PERIOD = 0
+
+# A place for experimental keys without a home; Detectron2 keeps it too.
+_C.GLOBAL = CN()
+_C.GLOBAL.HACK = 1.0
+
+# Keys segtron adds to Detectron2's set (fully-qualified names). Kept here so the parity test can
+# tell an intended addition from an accident.
+SEGTRON_ADDED_KEYS = ()

@@ -1,0 +1,169 @@
+"""Thin wrappers around torch ops and modules, as in ``detectron2.layers.wrappers``.
+
+They add what Detectron2 code expects on top of torch: ``Conv2d`` with a built-in ``norm`` and
+``activation`` (so checkpoints carry ``<conv>.norm.*`` keys), losses that accept empty inputs,
+and small helpers used across the model code.
+"""
+
+import functools
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "BatchNorm2d",
+    "Conv2d",
+    "ConvTranspose2d",
+    "Linear",
+    "cat",
+    "check_if_dynamo_compiling",
+    "cross_entropy",
+    "disable_torch_compiler",
+    "empty_input_loss_func_wrapper",
+    "interpolate",
+    "move_device_like",
+    "nonzero_tuple",
+    "shapes_to_tensor",
+]
+
+# Plain aliases: these torch modules/functions already handle empty (N=0) batches.
+ConvTranspose2d = nn.ConvTranspose2d
+BatchNorm2d = nn.BatchNorm2d
+Linear = nn.Linear
+interpolate = F.interpolate
+
+
+def check_if_dynamo_compiling() -> bool:
+    """Return True while ``torch.compile`` (TorchDynamo) is tracing the caller, else False."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return False
+
+
+def disable_torch_compiler(func: Callable) -> Callable:
+    """Decorator: run ``func`` eagerly even inside a ``torch.compile``-d model.
+
+    Returns ``func`` unchanged when this torch has no ``torch.compiler.disable``.
+    """
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None or not hasattr(compiler, "disable"):
+        return func
+
+    @compiler.disable
+    @functools.wraps(func)
+    def eager_only(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return eager_only
+
+
+def shapes_to_tensor(
+    x: Sequence[Union[int, torch.Tensor]], device: Optional[torch.device] = None
+) -> torch.Tensor:
+    """Turn a list of sizes (ints, or 0-dim tensors while tracing) into a 1-D int64 tensor.
+
+    While tracing, the sizes are stacked rather than copied so the trace stays dynamic.
+    """
+    if torch.jit.is_tracing():
+        if not all(isinstance(t, torch.Tensor) for t in x):
+            raise TypeError(
+                "shapes_to_tensor: while tracing every size must be a tensor (use tensor.shape "
+                f"entries); got types {[type(t).__name__ for t in x]}"
+            )
+        out = torch.stack(list(x))
+        if device is not None and out.device != torch.device(device):
+            out = out.to(device=device)
+        return out
+    return torch.as_tensor(x, device=device)
+
+
+def cat(tensors: Union[List[torch.Tensor], Tuple[torch.Tensor, ...]], dim: int = 0) -> torch.Tensor:
+    """``torch.cat`` that returns the input itself (no copy) when given a single tensor.
+
+    Args:
+        tensors: a list or tuple of tensors with matching shapes except along ``dim``.
+        dim: the dimension to concatenate along.
+    """
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"cat() expects a list or tuple of tensors, got {type(tensors).__name__}")
+    if len(tensors) == 1:
+        return tensors[0]
+    return torch.cat(tensors, dim)
+
+
+def nonzero_tuple(x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Indices of the non-zero elements of ``x``, one int64 tensor per dimension.
+
+    Same as ``x.nonzero(as_tuple=True)``; a 0-dim ``x`` is treated as a 1-element vector.
+    """
+    if x.dim() == 0:
+        x = x.unsqueeze(0)
+    return x.nonzero(as_tuple=True)
+
+
+def move_device_like(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Return ``src`` moved to the device of ``dst`` (no copy if it is already there)."""
+    return src.to(dst.device)
+
+
+def empty_input_loss_func_wrapper(loss_func: Callable) -> Callable:
+    """Wrap a ``loss_func(input, target, reduction=...)`` so an empty target gives a 0 loss.
+
+    With ``reduction="mean"`` and ``target.numel() == 0`` the wrapped function returns
+    ``input.sum() * 0.0``: a scalar zero that still has a gradient path to ``input`` (torch's
+    own losses return NaN there). Every other call goes to ``loss_func`` unchanged.
+    """
+
+    @functools.wraps(loss_func)
+    def wrapped(input: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean", **kwargs):
+        if target.numel() == 0 and reduction == "mean":
+            return input.sum() * 0.0
+        return loss_func(input, target, reduction=reduction, **kwargs)
+
+    return wrapped
+
+
+cross_entropy = empty_input_loss_func_wrapper(F.cross_entropy)
+cross_entropy.__doc__ = (
+    "``F.cross_entropy(input (N, K) logits, target (N,) int64 labels, reduction='mean', ...)``"
+    " that returns a 0 with a gradient, instead of NaN, for an empty batch with 'mean'."
+)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` followed by an optional normalisation and activation.
+
+    Takes every ``nn.Conv2d`` argument plus two keyword-only extras:
+
+    - ``norm``: a module (e.g. from :func:`get_norm`) or None, applied to the conv output. It is
+      a sub-module named ``norm`` so its state-dict keys are ``<conv>.norm.*`` as in Detectron2.
+    - ``activation``: a callable (e.g. ``F.relu``) or None, applied after ``norm``.
+
+    ``forward(x (N, C_in, H, W)) -> (N, C_out, H', W')``. Empty batches (N=0) work in eval
+    and training, forward and backward, except with a ``torch.nn.SyncBatchNorm`` norm in
+    training, which cannot synchronise an empty batch and raises ``ValueError``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        norm = kwargs.pop("norm", None)
+        activation = kwargs.pop("activation", None)
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0 and self.training and isinstance(self.norm, nn.SyncBatchNorm):
+            raise ValueError(
+                "Conv2d: torch.nn.SyncBatchNorm does not support empty inputs in training "
+                f"(input shape {tuple(x.shape)}). Use norm='naiveSyncBN_N' (NaiveSyncBatchNorm "
+                "with stats_mode='N') for batches that can be empty on some ranks."
+            )
+        x = self._conv_forward(x, self.weight, self.bias)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x

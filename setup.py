@@ -1,0 +1,49 @@
+"""Install segtron: ``pip install .`` (or ``pip install -e .[dev]`` for development).
+
+Dependency ranges here say what segtron works with; ``requirements/`` pins the exact versions
+the test suite and the demo are run with.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    for line in (ROOT / "segtron" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("segtron/__init__.py has no __version__ line")
+
+
+setup(
+    name="segtron",
+    version=read_version(),
+    description="Instance-segmentation research codebase with the Detectron2 API, pip-installable",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["segtron", "segtron.*"]),
+    include_package_data=True,
+    install_requires=[
+        # torchvision's compiled ops must match torch exactly: 0.29.x goes with 2.14.x.
+        "torch>=2.14.1,<3",
+        "torchvision>=0.29.1,<1",
+        "fvcore>=0.1.5.post20221221,<0.2",
+        "iopath>=0.1.7,<0.2",
+        "pycocotools>=2.0.7",
+        "faster-coco-eval>=1.6",
+        "opencv-python-headless>=4.8",
+        "Pillow>=10",
+        "numpy>=1.24",
+        "PyYAML>=6.0",
+        "tabulate>=0.9",
+        "termcolor>=2.0",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "tensorboard>=2.14",
+    ],
+    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3"]},
+)

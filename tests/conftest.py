@@ -1,0 +1,37 @@
+"""Shared pytest fixtures.
+
+The Detectron2 compatibility data lives outside the repository, in ``../shared/compat`` beside the
+clone (or wherever ``$SEGTRON_COMPAT_DIR`` points). Tests read it from there at run time; a
+missing directory is an error, never a skip, so CI cannot pass without the parity checks.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compat_dir() -> Path:
+    path = Path(os.environ.get("SEGTRON_COMPAT_DIR", REPO_ROOT.parent / "shared" / "compat"))
+    if not (path / "d2_default_config.yaml").is_file():
+        raise pytest.UsageError(
+            f"Detectron2 compatibility data not found at {path}. Clone segtron next to the "
+            "'shared' directory (../shared/compat) or set SEGTRON_COMPAT_DIR."
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def compat_dir() -> Path:
+    """Path of ``../shared/compat`` (Detectron2's default config, state-dict shapes, golden fixture)."""
+    return _compat_dir()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Seed torch for each test and keep it to 1 thread-pool worker per core budget."""
+    torch.manual_seed(0)
+    yield
