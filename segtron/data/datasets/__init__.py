@@ -1,0 +1,17 @@
+"""Dataset loaders and builtin registrations.
+
+Importing this package registers every builtin dataset name (COCO, LVIS, Cityscapes, Pascal
+VOC, ADE20K, and the synthetic ``shapes_train`` / ``shapes_val``) lazily: nothing is read from
+disk until ``DatasetCatalog.get(name)``.
+"""
+
+from .coco import load_coco_json, load_sem_seg, register_coco_instances
+from .coco_panoptic import register_coco_panoptic, register_coco_panoptic_separated
+from .lvis import get_lvis_instances_meta, load_lvis_json, register_lvis_instances
+from .pascal_voc import load_voc_instances, register_pascal_voc
+from .shapes import register_shapes
+from . import builtin as _builtin  # noqa: F401  (registers the builtin datasets)
+
+register_shapes()
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -1,0 +1,285 @@
+"""Tests for segtron.data.detection_utils: image reading, annotation transforms, Instances."""
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from PIL import Image
+
+from segtron.config import get_cfg
+from segtron.data import detection_utils as utils
+from segtron.data import transforms as T
+from segtron.data.catalog import MetadataCatalog
+from segtron.structures import (
+    BitMasks,
+    Boxes,
+    BoxMode,
+    Instances,
+    PolygonMasks,
+    polygons_to_bitmask,
+)
+
+
+# ----------------------------------------------------------------------------- reading images
+
+
+def _write_rgb(path, array):
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_read_image_formats(tmp_path):
+    rgb = np.zeros((6, 10, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # red channel
+    rgb[..., 2] = 10
+    path = _write_rgb(tmp_path / "a.png", rgb)
+
+    assert np.array_equal(utils.read_image(path, "RGB"), rgb)
+    bgr = utils.read_image(path, "BGR")
+    assert bgr.shape == (6, 10, 3) and bgr.dtype == np.uint8
+    assert np.array_equal(bgr, rgb[:, :, ::-1])
+    gray = utils.read_image(path, "L")
+    assert gray.shape == (6, 10, 1)
+    assert np.array_equal(utils.read_image(path), rgb)  # format=None keeps the file's mode
+    yuv = utils.read_image(path, "YUV-BT.601")
+    assert yuv.shape == (6, 10, 3) and 0.0 <= yuv[..., 0].min() <= yuv[..., 0].max() <= 1.0
+    back = utils.convert_image_to_rgb(yuv, "YUV-BT.601")
+    np.testing.assert_allclose(back, rgb, atol=1.0)
+    from_tensor = utils.convert_image_to_rgb(torch.from_numpy(bgr.copy()), "BGR")
+    np.testing.assert_array_equal(from_tensor, rgb)
+    assert utils.convert_image_to_rgb(gray, "L").shape == (6, 10, 3)
+
+
+def test_read_image_missing_file_names_path(tmp_path):
+    missing = tmp_path / "nope" / "img.jpg"
+    with pytest.raises(FileNotFoundError, match="img.jpg"):
+        utils.read_image(str(missing), "BGR")
+
+
+def test_read_image_corrupt_png_names_path(tmp_path):
+    good = tmp_path / "good.png"
+    _write_rgb(good, np.full((20, 20, 3), 128))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(good.read_bytes()[:60])  # truncated: header only
+    with pytest.raises(ValueError, match="cannot decode image .*corrupt.png"):
+        utils.read_image(str(corrupt), "BGR")
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"this is not an image at all")
+    with pytest.raises(ValueError, match="garbage.png"):
+        utils.read_image(str(garbage))
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    # Stored pixels: 32 wide x 16 high, left half red, right half blue.
+    stored = np.zeros((16, 32, 3), dtype=np.uint8)
+    stored[:, :16] = (255, 0, 0)
+    stored[:, 16:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+
+    img = utils.read_image(str(path), "RGB")
+    assert img.shape == (32, 16, 3)  # upright: now 16 wide x 32 high
+    # A clockwise rotation moves the stored left edge to the top.
+    assert img[4, 8, 0] > 200 and img[4, 8, 2] < 60
+    assert img[28, 8, 2] > 200 and img[28, 8, 0] < 60
+
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(stored).save(plain, quality=95)
+    assert utils.read_image(str(plain), "RGB").shape == (16, 32, 3)
+
+
+def test_check_image_size():
+    image = np.zeros((10, 20, 3), dtype=np.uint8)
+    d = {"file_name": "x/y.jpg"}
+    utils.check_image_size(d, image)
+    assert (d["height"], d["width"]) == (10, 20)
+    with pytest.raises(utils.SizeMismatchError, match=r"y\.jpg.*\(20, 10\).*\(21, 10\)"):
+        utils.check_image_size({"file_name": "x/y.jpg", "height": 10, "width": 21}, image)
+    assert issubclass(utils.SizeMismatchError, ValueError)
+
+
+# ----------------------------------------------------------------------------- annotations
+
+
+def _square_anno(x0, y0, x1, y1, category_id=0):
+    return {
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": category_id,
+        "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+    }
+
+
+def test_transform_instance_annotations_hflip():
+    width, height = 100, 50
+    anno = _square_anno(10, 5, 30, 25)
+    anno["keypoints"] = [12, 6, 2, 28, 20, 1, 0, 0, 0]
+    tfm = T.TransformList([T.HFlipTransform(width)])
+    out = utils.transform_instance_annotations(
+        anno, tfm, (height, width), keypoint_hflip_indices=[1, 0, 2]
+    )
+    assert out["bbox_mode"] == BoxMode.XYXY_ABS
+    np.testing.assert_allclose(out["bbox"], [70, 5, 90, 25])  # x -> W - x
+    poly = out["segmentation"][0].reshape(-1, 2)
+    np.testing.assert_allclose(sorted(set(poly[:, 0])), [70, 90])
+    kps = out["keypoints"]
+    assert kps.shape == (3, 3)
+    # Flipped coordinates, then left/right swapped by the flip indices.
+    np.testing.assert_allclose(kps[0], [72, 20, 1])
+    np.testing.assert_allclose(kps[1], [88, 6, 2])
+    np.testing.assert_allclose(kps[2], [0, 0, 0])
+
+    with pytest.raises(ValueError, match="flip indices"):
+        utils.transform_instance_annotations(
+            {**_square_anno(1, 1, 5, 5), "keypoints": [1, 1, 2]}, tfm, (height, width)
+        )
+
+
+def test_transform_instance_annotations_resize_and_clip():
+    anno = _square_anno(10, 10, 40, 30)
+    anno["bbox"] = [10, 10, 50, 20]  # XYWH: x1 = 60, the image's right edge
+    tfm = [T.ResizeTransform(50, 60, 100, 120)]  # (h, w) -> (2h, 2w), a list of transforms
+    out = utils.transform_instance_annotations(anno, tfm, (100, 120))
+    np.testing.assert_allclose(out["bbox"], [20, 20, 120, 60])
+    np.testing.assert_allclose(out["segmentation"][0], [20, 20, 80, 20, 80, 60, 20, 60])
+
+    anno = _square_anno(0, 0, 10, 10)
+    anno["bbox"] = [-5, -5, 80, 80]
+    out = utils.transform_instance_annotations(anno, tfm, (100, 120))
+    np.testing.assert_allclose(out["bbox"], [0, 0, 120, 100])
+
+
+def test_transform_instance_annotations_rle():
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[2:8, 3:10] = 1
+    rle = mask_util.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode("ascii")  # as stored in JSON
+    anno = {"bbox": [3, 2, 7, 6], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1,
+            "segmentation": rle}
+    out = utils.transform_instance_annotations(anno, [T.HFlipTransform(30)], (20, 30))
+    assert isinstance(out["segmentation"], np.ndarray)
+    np.testing.assert_array_equal(out["segmentation"], mask[:, ::-1])
+    with pytest.raises(ValueError, match="segmentation"):
+        utils.transform_instance_annotations(
+            {**_square_anno(1, 1, 5, 5), "segmentation": 3.0}, [T.HFlipTransform(30)], (20, 30)
+        )
+
+
+def test_annotations_to_instances_polygon_and_bitmask_agree():
+    h, w = 40, 50
+    annos = [_square_anno(5, 5, 20, 30, 0), _square_anno(22, 3, 45, 18, 2)]
+    annos[1]["segmentation"] = [[22, 3, 45, 3, 33, 18]]  # a triangle
+    poly = utils.annotations_to_instances(annos, (h, w))
+    bit = utils.annotations_to_instances(annos, (h, w), mask_format="bitmask")
+    assert isinstance(poly.gt_masks, PolygonMasks) and isinstance(bit.gt_masks, BitMasks)
+    assert poly.gt_classes.tolist() == [0, 2] and poly.gt_classes.dtype == torch.int64
+    np.testing.assert_allclose(poly.gt_boxes.tensor.numpy(), [[5, 5, 20, 30], [22, 3, 45, 18]])
+    raster = np.stack([polygons_to_bitmask(a["segmentation"], h, w) for a in annos])
+    np.testing.assert_array_equal(bit.gt_masks.tensor.numpy(), raster)
+    assert bit.gt_masks.tensor.shape == (2, h, w)
+
+    # The same masks given as RLE dicts and as arrays.
+    rle_annos = [dict(a) for a in annos]
+    for a, m in zip(rle_annos, raster):
+        a["segmentation"] = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+    from_rle = utils.annotations_to_instances(rle_annos, (h, w), mask_format="bitmask")
+    np.testing.assert_array_equal(from_rle.gt_masks.tensor.numpy(), raster)
+    arr_annos = [{**a, "segmentation": m.astype(np.uint8)} for a, m in zip(annos, raster)]
+    from_arr = utils.annotations_to_instances(arr_annos, (h, w), mask_format="bitmask")
+    np.testing.assert_array_equal(from_arr.gt_masks.tensor.numpy(), raster)
+    with pytest.raises(ValueError, match="bitmask"):
+        utils.annotations_to_instances(rle_annos, (h, w), mask_format="polygon")
+
+    empty = utils.annotations_to_instances([], (h, w))
+    assert len(empty) == 0 and empty.gt_boxes.tensor.shape == (0, 4)
+
+
+def test_annotations_to_instances_keypoints():
+    annos = [{**_square_anno(1, 1, 9, 9), "keypoints": [2, 2, 2, 5, 5, 1]}]
+    inst = utils.annotations_to_instances(annos, (10, 10))
+    assert inst.gt_keypoints.tensor.shape == (1, 2, 3)
+
+
+def test_filter_empty_instances():
+    inst = Instances((20, 20))
+    inst.gt_boxes = Boxes(torch.tensor([[0, 0, 5, 5], [3, 3, 3, 8], [1, 1, 9, 9.0]]))
+    masks = torch.zeros(3, 20, 20, dtype=torch.bool)
+    masks[0, :5, :5] = True
+    masks[1, 3:8, 3:4] = True
+    inst.gt_masks = BitMasks(masks)  # mask 2 is empty
+    kept, keep = utils.filter_empty_instances(inst, return_mask=True)
+    assert keep.tolist() == [True, False, False] and len(kept) == 1
+    assert len(utils.filter_empty_instances(inst, by_mask=False)) == 2
+    assert len(utils.filter_empty_instances(inst, by_box=False)) == 2
+    with pytest.raises(ValueError):
+        utils.filter_empty_instances(inst, by_box=False, by_mask=False)
+
+
+def test_transform_proposals():
+    d = {
+        "proposal_boxes": np.array([[0, 0, 10, 10], [5, 5, 5, 9], [2, 2, 30, 30.0]]),
+        "proposal_bbox_mode": BoxMode.XYXY_ABS,
+        "proposal_objectness_logits": np.array([3.0, 2.0, 1.0]),
+    }
+    utils.transform_proposals(d, (40, 40), T.TransformList([T.ResizeTransform(20, 20, 40, 40)]),
+                              proposal_topk=5)
+    props = d["proposals"]
+    assert "proposal_boxes" not in d and len(props) == 2  # the empty box is dropped
+    np.testing.assert_allclose(
+        props.proposal_boxes.tensor.numpy(), [[0, 0, 20, 20], [4, 4, 40, 40]]
+    )
+    assert props.objectness_logits.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- metadata, config
+
+
+@pytest.fixture
+def kp_datasets():
+    names = ["_test_kp_a", "_test_kp_b"]
+    for n in names:
+        MetadataCatalog.get(n).set(
+            keypoint_names=["nose", "left_eye", "right_eye"],
+            keypoint_flip_map=[("left_eye", "right_eye")],
+            thing_classes=["person"],
+        )
+    MetadataCatalog.get("_test_kp_c").set(thing_classes=["cat"])
+    yield names
+    for n in names + ["_test_kp_c"]:
+        MetadataCatalog.remove(n)
+
+
+def test_keypoint_hflip_indices_and_consistency(kp_datasets):
+    assert utils.create_keypoint_hflip_indices(kp_datasets) == [0, 2, 1]
+    assert utils.create_keypoint_hflip_indices(kp_datasets[0]) == [0, 2, 1]
+    utils.check_metadata_consistency("thing_classes", kp_datasets)
+    with pytest.raises(ValueError, match="thing_classes"):
+        utils.check_metadata_consistency("thing_classes", kp_datasets + ["_test_kp_c"])
+
+
+def test_gen_crop_transform_with_instance():
+    np.random.seed(0)
+    inst = {"bbox": [40, 30, 20, 10], "bbox_mode": BoxMode.XYWH_ABS}  # centre (x 50, y 35)
+    for _ in range(20):
+        crop = utils.gen_crop_transform_with_instance((16, 24), (60, 100), inst)
+        assert (crop.h, crop.w) == (16, 24)
+        assert crop.x0 <= 50 <= crop.x0 + crop.w and crop.y0 <= 35 <= crop.y0 + crop.h
+        assert crop.x0 + crop.w <= 100 and crop.y0 + crop.h <= 60
+    with pytest.raises(ValueError, match="larger"):
+        utils.gen_crop_transform_with_instance((80, 24), (60, 100), inst)
+
+
+def test_build_augmentation():
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TRAIN = (100, 120)
+    train = utils.build_augmentation(cfg, True)
+    assert [type(a).__name__ for a in train] == ["ResizeShortestEdge", "RandomFlip"]
+    cfg.INPUT.RANDOM_FLIP = "none"
+    assert [type(a).__name__ for a in utils.build_augmentation(cfg, True)] == ["ResizeShortestEdge"]
+    test = utils.build_transform_gen(cfg, False)
+    assert [type(a).__name__ for a in test] == ["ResizeShortestEdge"]
+    image = np.zeros((50, 80, 3), dtype=np.uint8)
+    tfm = T.AugmentationList(test)(T.AugInput(image))
+    assert tfm.apply_image(image).shape[:2] == (800, 1280)
