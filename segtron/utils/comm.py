@@ -224,7 +224,9 @@ def shared_random_seed() -> int:
     return int(all_gather(seed)[0])
 
 
-def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
+def reduce_dict(
+    input_dict: Dict[str, torch.Tensor], average: bool = True
+) -> Dict[str, torch.Tensor]:
     """Sum (or average) a dict of scalar tensors over all processes onto rank 0.
 
     Args:

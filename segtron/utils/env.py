@@ -20,7 +20,13 @@ from typing import Any, Dict, Iterable, Optional
 import numpy as np
 import torch
 
-__all__ = ["seed_all_rng", "TORCH_VERSION", "setup_environment", "setup_custom_environment", "fixup_module_metadata"]
+__all__ = [
+    "seed_all_rng",
+    "TORCH_VERSION",
+    "setup_environment",
+    "setup_custom_environment",
+    "fixup_module_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +142,9 @@ def setup_environment() -> None:
         setup_custom_environment(custom)
 
 
-def fixup_module_metadata(module_name: str, namespace: Dict[str, Any], keys: Optional[Iterable[str]] = None) -> None:
+def fixup_module_metadata(
+    module_name: str, namespace: Dict[str, Any], keys: Optional[Iterable[str]] = None
+) -> None:
     """When building docs (``$_DOC_BUILDING``), make objects re-exported by a package report that
     package as their ``__module__``.
 

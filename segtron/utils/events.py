@@ -6,7 +6,7 @@ console; in ``segtron.engine``) read the storage periodically.
 """
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
@@ -54,7 +54,9 @@ class EventStorage:
 
     # -- scalars ---------------------------------------------------------------------------
 
-    def put_scalar(self, name: str, value: Any, smoothing_hint: bool = True, cur_iter: int = None) -> None:
+    def put_scalar(
+        self, name: str, value: Any, smoothing_hint: bool = True, cur_iter: Optional[int] = None
+    ) -> None:
         """Record ``value`` (anything ``float()`` accepts, e.g. a 1-element tensor) for ``name``.
 
         Args:
@@ -80,7 +82,9 @@ class EventStorage:
         buffer.update(value, cur_iter)
         self._latest_scalars[name] = (value, cur_iter)
 
-    def put_scalars(self, *, smoothing_hint: bool = True, cur_iter: int = None, **kwargs: Any) -> None:
+    def put_scalars(
+        self, *, smoothing_hint: bool = True, cur_iter: Optional[int] = None, **kwargs: Any
+    ) -> None:
         """``put_scalar(name, value, smoothing_hint, cur_iter)`` for every ``name=value`` given."""
         for name, value in kwargs.items():
             self.put_scalar(name, value, smoothing_hint=smoothing_hint, cur_iter=cur_iter)

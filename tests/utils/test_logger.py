@@ -123,6 +123,12 @@ def test_abbreviated_names(restore_loggers, capsys):
     logging.getLogger(custom + ".sub").info("custom")
     assert "cx.sub]: custom" in capsys.readouterr().out
 
+    # abbrev_name="" drops the root package from console names.
+    bare = restore_loggers(_unique())
+    setup_logger(name=bare, abbrev_name="")
+    logging.getLogger(bare + ".modeling.rpn").info("bare")
+    assert " modeling.rpn]: bare" in capsys.readouterr().out
+
 
 def test_console_level_tags_and_plain_mode(tmp_path, restore_loggers, capsys):
     name = restore_loggers(_unique())
