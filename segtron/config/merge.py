@@ -5,6 +5,7 @@ closest valid keys and where the value came from (a file or the command line), a
 mismatch states the expected type, the default and how to write a valid value.
 """
 
+import ast
 import difflib
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -67,7 +68,14 @@ def coerce_value(new: Any, old: Any, full_key: str, source: str) -> Any:
 
     Accepted: the same type; None in place of anything or anything in place of None; list and
     tuple for each other (converted to the default's type); an int where a float is expected.
+    A string given for a non-string key is read as a Python literal first, as yacs does, so
+    Detectron2 YAML such as ``TRAIN: ("coco_2017_train",)`` or ``STEPS: (60000, 80000)`` works.
     """
+    if isinstance(new, str) and not isinstance(old, str):
+        try:
+            new = ast.literal_eval(new)
+        except (ValueError, SyntaxError):
+            pass
     if not isinstance(new, _LEAF_TYPES):
         raise ValueError(
             f"Config key '{full_key}' (from {source}) got a {type(new).__name__}; config values must "

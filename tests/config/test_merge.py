@@ -157,3 +157,21 @@ def test_new_allowed_node_accepts_new_keys():
     cfg.MODEL.MY_HEAD = CfgNode(new_allowed=True)
     cfg.merge_from_list(["MODEL.MY_HEAD.DEPTH", "3"])
     assert cfg.MODEL.MY_HEAD.DEPTH == 3
+
+
+def test_yaml_strings_are_read_as_literals_for_non_string_keys(tmp_path):
+    """Detectron2's YAML writes tuples as strings; yacs reads them as Python literals."""
+    path = _write(tmp_path / "d2.yaml", """
+        DATASETS:
+          TRAIN: ("coco_2017_train",)
+        SOLVER:
+          STEPS: (60000, 80000)
+          WEIGHT_DECAY_BIAS: "0.5"
+        OUTPUT_DIR: "(not a tuple)"
+    """)
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    assert cfg.DATASETS.TRAIN == ("coco_2017_train",)
+    assert cfg.SOLVER.STEPS == (60000, 80000)
+    assert cfg.SOLVER.WEIGHT_DECAY_BIAS == 0.5
+    assert cfg.OUTPUT_DIR == "(not a tuple)"
