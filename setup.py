@@ -7,8 +7,37 @@ the test suite and the demo are run with.
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+
+
+class BuildPyWithConfigs(build_py):
+    """build_py that also ships the repository's ``configs/`` as ``segtron/model_zoo/configs``.
+
+    ``segtron.model_zoo.get_config_file`` looks there in an installed copy (and in the
+    checkout's ``configs/`` when run from source), so the configs live in one place in git.
+    Editable installs import from the checkout and need no copy.
+    """
+
+    def _config_files(self):
+        src = ROOT / "configs"
+        dst = Path(self.build_lib) / "segtron" / "model_zoo" / "configs"
+        return [(p, dst / p.relative_to(src)) for p in sorted(src.rglob("*.yaml"))]
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        for src, dst in self._config_files():
+            self.mkpath(str(dst.parent))
+            self.copy_file(str(src), str(dst))
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        if getattr(self, "editable_mode", False):
+            return outputs
+        return outputs + [str(dst) for _, dst in self._config_files()]
 
 
 def read_version() -> str:
@@ -27,6 +56,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["segtron", "segtron.*"]),
     include_package_data=True,
+    cmdclass={"build_py": BuildPyWithConfigs},
     install_requires=[
         # torchvision's compiled ops must match torch exactly: 0.29.x goes with 2.14.x.
         "torch>=2.14.1,<3",

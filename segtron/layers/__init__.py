@@ -33,5 +33,6 @@ from .wrappers import (
     nonzero_tuple,
     shapes_to_tensor,
 )
+from .blocks import CNNBlockBase, DepthwiseSeparableConv2d
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

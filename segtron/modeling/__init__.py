@@ -1,14 +1,44 @@
-"""Models: backbones, proposal generators, ROI heads and meta-architectures, all registry-built."""
+"""Models: backbones, proposal generators, ROI heads and meta-architectures, all registry-built.
 
-from .registries import (
-    ANCHOR_GENERATOR_REGISTRY,
+Importing this package registers every builtin component, so ``build_model(cfg)`` can find any
+name a Detectron2 config uses for the R-CNN family.
+"""
+
+from ..layers import ShapeSpec
+from .anchor_generator import ANCHOR_GENERATOR_REGISTRY, build_anchor_generator
+from .backbone import (
     BACKBONE_REGISTRY,
-    META_ARCH_REGISTRY,
+    FPN,
+    Backbone,
+    ResNet,
+    ResNetBlockBase,
+    build_backbone,
+    build_resnet_backbone,
+    make_stage,
+)
+from .meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model
+from .postprocessing import detector_postprocess
+from .proposal_generator import (
     PROPOSAL_GENERATOR_REGISTRY,
+    RPN_HEAD_REGISTRY,
+    build_proposal_generator,
+    build_rpn_head,
+)
+from .registries import SEM_SEG_HEADS_REGISTRY
+from .roi_heads import (
     ROI_BOX_HEAD_REGISTRY,
     ROI_HEADS_REGISTRY,
     ROI_KEYPOINT_HEAD_REGISTRY,
     ROI_MASK_HEAD_REGISTRY,
-    RPN_HEAD_REGISTRY,
-    SEM_SEG_HEADS_REGISTRY,
+    BaseKeypointRCNNHead,
+    BaseMaskRCNNHead,
+    FastRCNNOutputLayers,
+    ROIHeads,
+    StandardROIHeads,
+    build_box_head,
+    build_keypoint_head,
+    build_mask_head,
+    build_roi_heads,
 )
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -1,3 +1,252 @@
-"""Anchor-generator registry (Detectron2 path: detectron2.modeling.anchor_generator)."""
+"""Anchor generators (Detectron2 path: ``detectron2.modeling.anchor_generator``).
 
-from .registries import ANCHOR_GENERATOR_REGISTRY  # noqa: F401
+An anchor generator places a fixed set of reference boxes ("cell anchors") at every location of
+every feature map. Dense heads (RPN, RetinaNet) predict one objectness score and one box delta
+per anchor, so the anchor order below is part of the model's output format:
+
+- cell anchors of one level: for each size, for each aspect ratio (size-major); the cell anchor
+  for size ``s`` and ratio ``a`` (= height / width) has ``w = sqrt(s * s / a)``, ``h = a * w``
+  and is the box ``(-w/2, -h/2, w/2, h/2)`` centred at 0;
+- anchors of one level: location-major. For each location (row-major: y outer, x inner) all
+  cell anchors in the order above, shifted to ``(x * stride + offset * stride,
+  y * stride + offset * stride)``.
+
+Rotated anchors (``RotatedAnchorGenerator``) are not provided: segtron has no rotated boxes.
+"""
+
+import collections.abc
+import math
+from typing import Iterator, List, Sequence
+
+import torch
+from torch import nn
+
+from ..config import configurable
+from ..layers import ShapeSpec
+from ..structures import Boxes
+from .registries import ANCHOR_GENERATOR_REGISTRY
+
+__all__ = [
+    "ANCHOR_GENERATOR_REGISTRY",
+    "BufferList",
+    "DefaultAnchorGenerator",
+    "build_anchor_generator",
+]
+
+_CFG_KEYS = {
+    "sizes": "MODEL.ANCHOR_GENERATOR.SIZES",
+    "aspect_ratios": "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+}
+
+
+class BufferList(nn.Module):
+    """A list of tensors held as non-persistent buffers of a module.
+
+    ``.to(device)`` / ``.cuda()`` / ``.half()`` move them with the parent module, but they are
+    left out of ``state_dict()`` (they are derived from the config, not learned), so checkpoints
+    keep Detectron2's keys. Iterating yields the tensors in the order given.
+    """
+
+    def __init__(self, buffers: Sequence[torch.Tensor]):
+        """Args:
+            buffers: the tensors to hold, registered under the names "0", "1", ...
+        """
+        super().__init__()
+        for i, tensor in enumerate(buffers):
+            self.register_buffer(str(i), tensor, persistent=False)
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self._buffers.values())
+
+
+def _is_sequence(value) -> bool:
+    return isinstance(value, collections.abc.Sequence) and not isinstance(value, str)
+
+
+def _broadcast_params(params, num_features: int, name: str) -> List[List[float]]:
+    """Expand ``sizes`` / ``aspect_ratios`` to one list per feature map.
+
+    ``params`` is either a flat list of numbers (used for every feature map), a list holding one
+    list (used for every feature map) or one list per feature map.
+    """
+    key = _CFG_KEYS.get(name, name)
+    if not _is_sequence(params) or len(params) == 0:
+        raise ValueError(
+            f"Anchor generator: {name} ({key}) must be a non-empty list, got {params!r}."
+        )
+    if not _is_sequence(params[0]):
+        return [list(params)] * num_features
+    if len(params) == 1:
+        return [list(params[0])] * num_features
+    if len(params) != num_features:
+        raise ValueError(
+            f"Anchor generator: {name} ({key}) has {len(params)} lists but there are "
+            f"{num_features} feature maps (one per stride). Give either one list, used for "
+            f"every feature map, or exactly {num_features} lists, e.g. "
+            f"{key}: [[32], [64], ...] for an FPN."
+        )
+    return [list(p) for p in params]
+
+
+@ANCHOR_GENERATOR_REGISTRY.register()
+class DefaultAnchorGenerator(nn.Module):
+    """Axis-aligned anchors for every location of several feature maps (Faster R-CNN style).
+
+    ``forward(features)`` takes the list of feature maps (N, C, Hi, Wi) and returns one
+    ``Boxes`` of (Hi * Wi * Ai, 4) float32 XYXY anchors in input-image pixels per feature map,
+    in the location-major order described in the module docstring, on the features' device.
+    """
+
+    box_dim: int = 4
+    """Numbers per anchor box: 4 for XYXY."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        sizes: Sequence,
+        aspect_ratios: Sequence,
+        strides: Sequence[int],
+        offset: float = 0.0,
+    ):
+        """Args:
+            sizes: anchor sizes in input-image pixels (the square root of the anchor area);
+                a flat list or one list is used for every feature map, else one list per
+                feature map (``[[32], [64], ...]`` for an FPN).
+            aspect_ratios: height / width ratios, broadcast the same way as ``sizes``.
+            strides: stride of each feature map relative to the input image (e.g. 4 for p2);
+                their number is the number of feature maps.
+            offset: where inside each stride x stride cell the anchors are centred, as a
+                fraction of the stride in [0, 1): 0 is the cell's top-left corner, 0.5 its
+                centre.
+        """
+        super().__init__()
+        self.strides = [int(s) for s in strides]
+        self.num_features = len(self.strides)
+        if self.num_features == 0:
+            raise ValueError("DefaultAnchorGenerator: strides is empty; give one per feature map.")
+        sizes = _broadcast_params(sizes, self.num_features, "sizes")
+        aspect_ratios = _broadcast_params(aspect_ratios, self.num_features, "aspect_ratios")
+        self.cell_anchors = self._calculate_anchors(sizes, aspect_ratios)
+        if not 0.0 <= offset < 1.0:
+            raise ValueError(
+                f"DefaultAnchorGenerator: offset (MODEL.ANCHOR_GENERATOR.OFFSET) must be in "
+                f"[0, 1) as a fraction of the stride, got {offset}."
+            )
+        self.offset = float(offset)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        """Arguments from MODEL.ANCHOR_GENERATOR.{SIZES, ASPECT_RATIOS, OFFSET} and the strides
+        of ``input_shape`` (one ``ShapeSpec`` per feature map, in level order)."""
+        return {
+            "sizes": cfg.MODEL.ANCHOR_GENERATOR.SIZES,
+            "aspect_ratios": cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
+            "strides": [shape.stride for shape in input_shape],
+            "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
+        }
+
+    def _calculate_anchors(self, sizes, aspect_ratios) -> BufferList:
+        cells = [self.generate_cell_anchors(s, a).float() for s, a in zip(sizes, aspect_ratios)]
+        return BufferList(cells)
+
+    @property
+    def num_cell_anchors(self) -> List[int]:
+        """Alias of ``num_anchors`` (kept for Detectron2 compatibility)."""
+        return self.num_anchors
+
+    @property
+    def num_anchors(self) -> List[int]:
+        """Number of anchors per location for each feature map, e.g. [3, 3, 3, 3, 3] for an
+        FPN with 3 aspect ratios and one size per level."""
+        return [len(cells) for cells in self.cell_anchors]
+
+    def generate_cell_anchors(
+        self,
+        sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1, 2),
+    ) -> torch.Tensor:
+        """Anchors of one location, centred at (0, 0).
+
+        Args:
+            sizes: anchor sizes in pixels (square root of the area).
+            aspect_ratios: height / width ratios.
+
+        Returns:
+            (len(sizes) * len(aspect_ratios), 4) float32 XYXY boxes, size-major: row
+            ``i * len(aspect_ratios) + j`` is size ``i`` with ratio ``j``. Computed in Python
+            double precision, then stored as float32.
+        """
+        rows = []
+        for size in sizes:
+            area = float(size) ** 2
+            for ratio in aspect_ratios:
+                if ratio <= 0 or size <= 0:
+                    raise ValueError(
+                        f"Anchor sizes and aspect ratios must be positive, got size {size} and "
+                        f"aspect ratio {ratio} (MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS)."
+                    )
+                w = math.sqrt(area / ratio)
+                h = ratio * w
+                rows.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+
+    def _grid_anchors(self, grid_sizes, devices) -> List[torch.Tensor]:
+        """(Hi * Wi * Ai, 4) anchors per feature map, location-major, on ``devices[i]``."""
+        out = []
+        for (height, width), stride, cells, device in zip(
+            grid_sizes, self.strides, self.cell_anchors, devices
+        ):
+            start = self.offset * stride
+            kw = {"dtype": torch.float32, "device": device}
+            xs = torch.arange(start, width * stride, step=stride, **kw)
+            ys = torch.arange(start, height * stride, step=stride, **kw)
+            grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+            grid_x = grid_x.reshape(-1)
+            grid_y = grid_y.reshape(-1)
+            shifts = torch.stack((grid_x, grid_y, grid_x, grid_y), dim=1)  # (H*W, 4)
+            cells = cells.to(device=device)
+            out.append((shifts[:, None, :] + cells[None, :, :]).reshape(-1, 4))
+        return out
+
+    def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
+        """Args:
+            features: one (N, C, Hi, Wi) feature map per level, in the order of ``strides``
+                (only their spatial sizes and device are used).
+
+        Returns:
+            one ``Boxes`` per level with Hi * Wi * Ai float32 XYXY anchors in input pixels,
+            location-major, on that level's device.
+        """
+        if len(features) != self.num_features:
+            raise ValueError(
+                f"DefaultAnchorGenerator was built for {self.num_features} feature maps "
+                f"(strides {self.strides}) but got {len(features)}; the in-features of the "
+                "head and the strides of its input_shape must agree."
+            )
+        grid_sizes = [tuple(f.shape[-2:]) for f in features]
+        anchors = self._grid_anchors(grid_sizes, [f.device for f in features])
+        return [Boxes(a) for a in anchors]
+
+
+def build_anchor_generator(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
+    """Build the anchor generator named by MODEL.ANCHOR_GENERATOR.NAME.
+
+    Args:
+        cfg: the config.
+        input_shape: one ``ShapeSpec`` per feature map the anchors are for (strides are used).
+
+    Returns:
+        the module, called as ``obj(cfg, input_shape)`` from ``ANCHOR_GENERATOR_REGISTRY``.
+    """
+    name = cfg.MODEL.ANCHOR_GENERATOR.NAME
+    if name == "RotatedAnchorGenerator" and name not in ANCHOR_GENERATOR_REGISTRY:
+        raise NotImplementedError(
+            "MODEL.ANCHOR_GENERATOR.NAME = 'RotatedAnchorGenerator' is not supported: segtron "
+            "has no rotated boxes. Use 'DefaultAnchorGenerator', or register your own rotated "
+            "anchor generator under that name."
+        )
+    return ANCHOR_GENERATOR_REGISTRY.get(name)(cfg, input_shape)

@@ -1,0 +1,268 @@
+"""Feature Pyramid Network on top of a backbone (Detectron2 path: ``modeling.backbone.fpn``).
+
+Parameter names are Detectron2's: ``fpn_lateral{k}`` / ``fpn_output{k}`` where k = log2 of the
+input feature's stride (``fpn_lateral2`` for ``res2``), ``top_block.*`` and ``bottom_up.*``.
+"""
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from fvcore.nn import weight_init
+from torch import nn
+from torch.nn import functional as F
+
+from ...layers import Conv2d, ShapeSpec, get_norm
+from .backbone import Backbone
+from .build import BACKBONE_REGISTRY
+from .resnet import build_resnet_backbone
+
+__all__ = [
+    "FPN",
+    "LastLevelMaxPool",
+    "LastLevelP6P7",
+    "build_resnet_fpn_backbone",
+    "build_retinanet_resnet_fpn_backbone",
+]
+
+
+class FPN(Backbone):
+    """Feature Pyramid Network: a top-down path with lateral connections over a backbone.
+
+    For each input feature ``f`` (stride 2**k) there is a 1x1 lateral conv ``fpn_lateral{k}``
+    and a 3x3 output conv ``fpn_output{k}``, both to ``out_channels``, with a bias only when
+    ``norm`` is empty, initialised with ``c2_xavier_fill``. Starting from the coarsest level,
+    each level's merged map is ``lateral(f) + upsample2x_nearest(coarser merged map)`` (halved
+    when ``fuse_type="avg"``), and its output is ``fpn_output(merged)``, named ``p{k}``. An
+    optional ``top_block`` then adds coarser levels (e.g. ``p6``).
+
+    Args:
+        bottom_up: the :class:`Backbone` giving the input features.
+        in_features: names of the ``bottom_up`` outputs to use, finest first; their strides
+            must be consecutive powers of 2 (e.g. ``["res2", "res3", "res4", "res5"]``).
+        out_channels: channels of every output.
+        norm: norm of the lateral and output convs (``""`` for none).
+        top_block: None, or a module with attributes ``num_levels`` (number of extra outputs)
+            and ``in_feature`` (a ``bottom_up`` output name, or one of this FPN's output names),
+            mapping that feature to a list of ``num_levels`` maps, each at half the previous
+            resolution.
+        fuse_type: ``"sum"`` or ``"avg"``, how lateral and top-down maps are merged.
+        square_pad: when > 0, inputs are padded to this square size (padding constraint).
+
+    ``forward(x (N, C, H, W)) -> {"p2": ..., ..., "p6": ...}`` in increasing-stride order; the
+    input height and width must be multiples of :attr:`size_divisibility` (the largest input
+    stride) so that the top-down upsampling lines up.
+    """
+
+    def __init__(
+        self,
+        bottom_up: Backbone,
+        in_features: Sequence[str],
+        out_channels: int,
+        norm: str = "",
+        top_block: Optional[nn.Module] = None,
+        fuse_type: str = "sum",
+        square_pad: int = 0,
+    ):
+        super().__init__()
+        if not isinstance(bottom_up, Backbone):
+            raise TypeError(
+                f"FPN: bottom_up must be a Backbone, got {type(bottom_up).__name__}."
+            )
+        if not in_features:
+            raise ValueError("FPN: in_features is empty; set MODEL.FPN.IN_FEATURES.")
+        if fuse_type not in ("sum", "avg"):
+            raise ValueError(f"FPN: fuse_type must be 'sum' or 'avg', got {fuse_type!r}.")
+        input_shapes = bottom_up.output_shape()
+        missing = [f for f in in_features if f not in input_shapes]
+        if missing:
+            raise ValueError(
+                f"FPN: in_features {missing} are not outputs of the bottom-up backbone, which "
+                f"gives {list(input_shapes)}. Add them to the backbone's out features (e.g. "
+                "MODEL.RESNETS.OUT_FEATURES) or fix MODEL.FPN.IN_FEATURES."
+            )
+        strides = [input_shapes[f].stride for f in in_features]
+        _check_strides(in_features, strides)
+
+        use_bias = norm == ""
+        lateral_convs, output_convs = [], []
+        for name, stride in zip(in_features, strides):
+            level = int(math.log2(stride))
+            lateral = Conv2d(
+                input_shapes[name].channels, out_channels, kernel_size=1, bias=use_bias,
+                norm=get_norm(norm, out_channels),
+            )
+            output = Conv2d(
+                out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=use_bias,
+                norm=get_norm(norm, out_channels),
+            )
+            weight_init.c2_xavier_fill(lateral)
+            weight_init.c2_xavier_fill(output)
+            self.add_module(f"fpn_lateral{level}", lateral)
+            self.add_module(f"fpn_output{level}", output)
+            lateral_convs.append(lateral)
+            output_convs.append(output)
+        # Plain lists (the modules are registered above), coarsest level first.
+        self.lateral_convs = lateral_convs[::-1]
+        self.output_convs = output_convs[::-1]
+
+        self.top_block = top_block
+        self.in_features = tuple(in_features)
+        self.bottom_up = bottom_up
+
+        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
+        if top_block is not None:
+            last = int(math.log2(strides[-1]))
+            for level in range(last + 1, last + 1 + top_block.num_levels):
+                self._out_feature_strides[f"p{level}"] = 2 ** level
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {k: out_channels for k in self._out_features}
+        self._size_divisibility = strides[-1]
+        self._square_pad = square_pad
+        self._fuse_type = fuse_type
+
+        if top_block is not None:
+            source = top_block.in_feature
+            if source not in input_shapes and source not in self._out_features:
+                raise ValueError(
+                    f"FPN: top_block.in_feature={source!r} is neither a bottom-up output "
+                    f"{list(input_shapes)} nor an FPN output {self._out_features}."
+                )
+
+    @property
+    def size_divisibility(self) -> int:
+        """The largest input stride: input sizes must be multiples of it."""
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        """``{"square_size": square_pad}`` (0: no square padding)."""
+        return {"square_size": self._square_pad}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features = self.bottom_up(x)
+        in_features = self.in_features
+        num = len(in_features)
+        results: List[Optional[torch.Tensor]] = [None] * num
+        prev = self.lateral_convs[0](features[in_features[-1]])
+        results[num - 1] = self.output_convs[0](prev)
+        for i in range(1, num):
+            top_down = F.interpolate(prev, scale_factor=2.0, mode="nearest")
+            prev = self.lateral_convs[i](features[in_features[num - 1 - i]]) + top_down
+            if self._fuse_type == "avg":
+                prev = prev * 0.5
+            results[num - 1 - i] = self.output_convs[i](prev)
+        if self.top_block is not None:
+            source = self.top_block.in_feature
+            if source in features:
+                top_input = features[source]
+            else:
+                top_input = results[self._out_features.index(source)]
+            results.extend(self.top_block(top_input))
+        return dict(zip(self._out_features, results))
+
+
+def _check_strides(names: Sequence[str], strides: Sequence[int]) -> None:
+    """Raise unless the strides are powers of 2, each twice the previous one."""
+    for i, stride in enumerate(strides):
+        if stride is None or stride <= 0 or stride & (stride - 1):
+            raise ValueError(f"FPN: stride {stride} of {names[i]!r} is not a power of 2.")
+        if i > 0 and stride != 2 * strides[i - 1]:
+            raise ValueError(
+                f"FPN: strides of in_features {list(names)} are {list(strides)}; each must be "
+                "twice the previous one (consecutive pyramid levels, finest first)."
+            )
+
+
+class LastLevelMaxPool(nn.Module):
+    """FPN top block giving P6 = max-pool (kernel 1, stride 2) of P5 (Faster/Mask R-CNN).
+
+    Attributes ``num_levels = 1``, ``in_feature = "p5"``. ``forward(p5) -> [p6]``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.num_levels = 1
+        self.in_feature = "p5"
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return [F.max_pool2d(x, kernel_size=1, stride=2, padding=0)]
+
+
+class LastLevelP6P7(nn.Module):
+    """FPN top block giving P6 and P7 from C5 (or P5), as in RetinaNet.
+
+    ``p6 = conv3x3_stride2(x)``, ``p7 = conv3x3_stride2(relu(p6))``; both convs have a bias and
+    are initialised with ``c2_xavier_fill``.
+
+    Args:
+        in_channels: channels of the input feature.
+        out_channels: channels of P6 and P7.
+        in_feature: the input's name: ``"res5"`` (a bottom-up output) or ``"p5"``.
+
+    ``forward(x) -> [p6, p7]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "res5"):
+        super().__init__()
+        self.num_levels = 2
+        self.in_feature = in_feature
+        self.p6 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        weight_init.c2_xavier_fill(self.p6)
+        weight_init.c2_xavier_fill(self.p7)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        p6 = self.p6(x)
+        p7 = self.p7(F.relu(p6))
+        return [p6, p7]
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet (``build_resnet_backbone``) + FPN with a :class:`LastLevelMaxPool` top block.
+
+    Reads MODEL.FPN.IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE (plus every key the ResNet
+    reads; MODEL.RESNETS.OUT_FEATURES must include the FPN's in_features).
+
+    Returns:
+        an :class:`FPN` with outputs p2..p6 for the usual ``res2..res5`` in_features.
+    """
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN with a :class:`LastLevelP6P7` top block fed by ``res5`` (RetinaNet).
+
+    As in Detectron2, P6 is computed from the ResNet's ``res5`` output (its channel count is
+    the top block's input channels), so MODEL.RESNETS.OUT_FEATURES must include ``res5``.
+    Reads the same keys as :func:`build_resnet_fpn_backbone`.
+
+    Returns:
+        an :class:`FPN` with outputs p3..p7 for RetinaNet's ``res3..res5`` in_features.
+    """
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    shapes = bottom_up.output_shape()
+    if "res5" not in shapes:
+        raise ValueError(
+            "build_retinanet_resnet_fpn_backbone feeds P6/P7 from res5, but "
+            f"MODEL.RESNETS.OUT_FEATURES={list(cfg.MODEL.RESNETS.OUT_FEATURES)} has no 'res5'."
+        )
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(shapes["res5"].channels, out_channels),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

@@ -1,0 +1,568 @@
+"""ResNet / ResNeXt backbones with Detectron2's module layout and parameter names.
+
+A :class:`ResNet` is a stem (:class:`BasicStem`) followed by stages ``res2`` ... ``res5``, each an
+``nn.Sequential`` of blocks (:class:`BasicBlock` for R18/R34, :class:`BottleneckBlock` or
+:class:`DeformBottleneckBlock` otherwise). Every conv that has a norm carries it as a ``norm``
+sub-module, so parameter names are Detectron2's (``res2.0.conv1.norm.running_var``, ...) and
+model-zoo checkpoints load unchanged.
+"""
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from fvcore.nn import weight_init
+from torch import nn
+from torch.nn import functional as F
+
+from ...layers import (
+    CNNBlockBase,
+    Conv2d,
+    DeformConv,
+    ModulatedDeformConv,
+    ShapeSpec,
+    get_norm,
+)
+from .backbone import Backbone
+from .build import BACKBONE_REGISTRY
+
+__all__ = [
+    "ResNetBlockBase",
+    "BasicBlock",
+    "BottleneckBlock",
+    "DeformBottleneckBlock",
+    "BasicStem",
+    "ResNet",
+    "make_stage",
+    "build_resnet_backbone",
+]
+
+# Detectron2 keeps this older name for the block base class.
+ResNetBlockBase = CNNBlockBase
+
+# Blocks per stage (res2, res3, res4, res5) for each supported depth.
+_BLOCKS_PER_STAGE = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
+# Index (1-based) of the last stage needed to produce each stage output.
+_STAGE_INDEX = {"res2": 1, "res3": 2, "res4": 3, "res5": 4}
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int, norm) -> Optional[Conv2d]:
+    """1x1 projection (conv + norm) when channels change, else None (identity shortcut)."""
+    if in_channels == out_channels:
+        return None
+    return Conv2d(
+        in_channels, out_channels, kernel_size=1, stride=stride, bias=False,
+        norm=get_norm(norm, out_channels),
+    )
+
+
+def _msra_init(*layers: Optional[nn.Module]) -> None:
+    """``c2_msra_fill`` (kaiming normal, fan_out, zero bias) on every layer that exists."""
+    for layer in layers:
+        if layer is not None:
+            weight_init.c2_msra_fill(layer)
+
+
+class BasicBlock(CNNBlockBase):
+    """The two-3x3-conv residual block of ResNet-18/34.
+
+    Args:
+        in_channels, out_channels: channels of the input and of the output.
+        stride: stride of the first conv (and of the projection shortcut).
+        norm: norm of every conv (a :func:`get_norm` name or callable).
+
+    Submodules ``conv1``, ``conv2`` and, when ``in_channels != out_channels``, ``shortcut``.
+    ``forward(x (N, in, H, W)) -> (N, out, H / stride, W / stride)`` computes
+    ``relu(conv2(relu(conv1(x))) + shortcut(x))``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN"):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
+        self.conv1 = Conv2d(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        self.conv2 = Conv2d(
+            out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        _msra_init(self.conv1, self.conv2, self.shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = self.conv2(out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class BottleneckBlock(CNNBlockBase):
+    """The 1x1 -> 3x3 -> 1x1 residual block of ResNet-50/101/152 and ResNeXt.
+
+    Args:
+        in_channels, out_channels: channels of the input and of the output.
+        bottleneck_channels: channels of the inner 3x3 conv.
+        stride: downsampling of the block; it sits on ``conv1`` when ``stride_in_1x1``
+            (MSRA/Caffe2 weights) and on ``conv2`` otherwise (torchvision style).
+        num_groups: groups of the 3x3 conv (ResNeXt cardinality).
+        norm: norm of every conv.
+        stride_in_1x1: see ``stride``.
+        dilation: dilation (and padding) of the 3x3 conv.
+
+    Submodules ``conv1``, ``conv2``, ``conv3`` and, when ``in_channels != out_channels``,
+    ``shortcut`` (1x1 conv + norm). ``forward(x (N, in, H, W)) -> (N, out, H / s, W / s)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm="BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+    ):
+        super().__init__(in_channels, out_channels, stride)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = Conv2d(
+            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
+            norm=get_norm(norm, bottleneck_channels),
+        )
+        self.conv2 = Conv2d(
+            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
+            padding=dilation, bias=False, groups=num_groups, dilation=dilation,
+            norm=get_norm(norm, bottleneck_channels),
+        )
+        self.conv3 = Conv2d(
+            bottleneck_channels, out_channels, kernel_size=1, bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        _msra_init(self.conv1, self.conv2, self.conv3, self.shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class DeformBottleneckBlock(CNNBlockBase):
+    """A :class:`BottleneckBlock` whose 3x3 conv is deformable (v1) or modulated deformable (v2).
+
+    Same arguments as :class:`BottleneckBlock`, plus:
+
+    - ``deform_modulated``: use :class:`ModulatedDeformConv` (offsets and a sigmoid mask) instead
+      of :class:`DeformConv` (offsets only).
+    - ``deform_num_groups``: deformable groups (each with its own offsets).
+
+    Extra submodule ``conv2_offset``: a 3x3 :class:`Conv2d` (with bias, same stride/dilation as
+    ``conv2``) producing ``18 * deform_num_groups`` channels (``27 * deform_num_groups`` when
+    modulated: y/x offsets then mask logits), zero-initialised so a fresh block samples the
+    regular grid (with mask 0.5 when modulated).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm="BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+        deform_modulated: bool = False,
+        deform_num_groups: int = 1,
+    ):
+        super().__init__(in_channels, out_channels, stride)
+        self.deform_modulated = deform_modulated
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = Conv2d(
+            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
+            norm=get_norm(norm, bottleneck_channels),
+        )
+        per_group = 27 if deform_modulated else 18
+        self.conv2_offset = Conv2d(
+            bottleneck_channels, per_group * deform_num_groups, kernel_size=3,
+            stride=stride_3x3, padding=dilation, dilation=dilation,
+        )
+        conv_class = ModulatedDeformConv if deform_modulated else DeformConv
+        self.conv2 = conv_class(
+            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
+            padding=dilation, bias=False, groups=num_groups, dilation=dilation,
+            deformable_groups=deform_num_groups, norm=get_norm(norm, bottleneck_channels),
+        )
+        self.conv3 = Conv2d(
+            bottleneck_channels, out_channels, kernel_size=1, bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        _msra_init(self.conv1, self.conv2, self.conv3, self.shortcut)
+        nn.init.zeros_(self.conv2_offset.weight)
+        nn.init.zeros_(self.conv2_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        offset = self.conv2_offset(out)
+        if self.deform_modulated:
+            # Channels: [offsets (2/3), mask logits (1/3)], each third 9 * deform_num_groups.
+            third = offset.shape[1] // 3
+            mask = offset[:, 2 * third:].sigmoid()
+            out = self.conv2(out, offset[:, : 2 * third], mask)
+        else:
+            out = self.conv2(out, offset)
+        out = F.relu_(out)
+        out = self.conv3(out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class BasicStem(CNNBlockBase):
+    """The ResNet stem: 7x7 stride-2 conv (no bias) + norm + ReLU, then 3x3 stride-2 max-pool.
+
+    Args:
+        in_channels: input channels (3 for images).
+        out_channels: channels of the conv.
+        norm: norm of the conv.
+
+    Submodule ``conv1``. ``forward(x (N, in, H, W)) -> (N, out, ~H / 4, ~W / 4)``; ``stride`` 4.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 64, norm="BN"):
+        super().__init__(in_channels, out_channels, 4)
+        self.conv1 = Conv2d(
+            in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        weight_init.c2_msra_fill(self.conv1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu_(self.conv1(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class ResNet(Backbone):
+    """A ResNet backbone: a stem, then stages ``res2``, ``res3``, ... (optionally a classifier).
+
+    Args:
+        stem: a :class:`CNNBlockBase` with ``out_channels`` and ``stride`` (e.g.
+            :class:`BasicStem`).
+        stages: one list of :class:`CNNBlockBase` blocks per stage (see :meth:`make_stage`);
+            stage i becomes the ``nn.Sequential`` submodule ``res{i + 2}``.
+        num_classes: when given, adds global average pooling and a ``linear`` classifier
+            (output name ``"linear"``).
+        out_features: names of the outputs, among ``"stem"``, ``"res2"`` ... and ``"linear"``;
+            stages past the last one requested are not built. Default: the last layer.
+        freeze_at: number of leading parts to freeze (see :meth:`freeze`).
+
+    ``forward(x (N, C, H, W)) -> dict[name, Tensor]`` for the names in ``out_features``.
+    """
+
+    def __init__(
+        self,
+        stem: CNNBlockBase,
+        stages: Sequence[Sequence[CNNBlockBase]],
+        num_classes: Optional[int] = None,
+        out_features: Optional[Sequence[str]] = None,
+        freeze_at: int = 0,
+    ):
+        super().__init__()
+        self.stem = stem
+        self.num_classes = num_classes
+
+        stride = self.stem.stride
+        self._out_feature_strides = {"stem": stride}
+        self._out_feature_channels = {"stem": self.stem.out_channels}
+
+        if out_features is not None:
+            needed = max([_STAGE_INDEX.get(name, 0) for name in out_features] + [0])
+            if num_classes is None or "linear" not in out_features:
+                stages = stages[:needed]
+
+        self.stage_names: List[str] = []
+        self.stages: List[nn.Sequential] = []
+        channels = self.stem.out_channels
+        for i, blocks in enumerate(stages):
+            name = f"res{i + 2}"
+            if len(blocks) == 0:
+                raise ValueError(f"ResNet: stage {name} has no blocks.")
+            for block in blocks:
+                if not isinstance(block, CNNBlockBase):
+                    raise TypeError(
+                        f"ResNet: every block of stage {name} must be a CNNBlockBase (it needs "
+                        f"in_channels/out_channels/stride), got {type(block).__name__}."
+                    )
+            stage = nn.Sequential(*blocks)
+            self.add_module(name, stage)
+            self.stage_names.append(name)
+            self.stages.append(stage)
+            for block in blocks:
+                stride *= block.stride
+            channels = blocks[-1].out_channels
+            self._out_feature_strides[name] = int(stride)
+            self._out_feature_channels[name] = channels
+        self.stage_names = tuple(self.stage_names)
+
+        last = self.stage_names[-1] if self.stage_names else "stem"
+        if num_classes is not None:
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.linear = nn.Linear(channels, num_classes)
+            # Detectron2 initialises the classifier with std 0.01 (from the original ResNet).
+            nn.init.normal_(self.linear.weight, std=0.01)
+            last = "linear"
+
+        if out_features is None:
+            out_features = [last]
+        self._out_features = list(out_features)
+        children = {name for name, _ in self.named_children()}
+        for name in self._out_features:
+            if name not in children:
+                raise ValueError(
+                    f"ResNet: out_features contains {name!r}, which this model does not have; "
+                    f"available: {sorted(children - {'avgpool'})}. Check MODEL.RESNETS."
+                    "OUT_FEATURES (and num_classes for 'linear')."
+                )
+        self.freeze(freeze_at)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(
+                f"ResNet takes an (N, C, H, W) batch, got a tensor of shape {tuple(x.shape)}."
+            )
+        wanted = self._out_features
+        outputs = {}
+        x = self.stem(x)
+        if "stem" in wanted:
+            outputs["stem"] = x
+        for name, stage in zip(self.stage_names, self.stages):
+            x = stage(x)
+            if name in wanted:
+                outputs[name] = x
+        if self.num_classes is not None:
+            x = torch.flatten(self.avgpool(x), 1)
+            x = self.linear(x)
+            if "linear" in wanted:
+                outputs["linear"] = x
+        return outputs
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """Dict name -> ``ShapeSpec(channels, stride)`` for each feature map output.
+
+        ``"linear"`` (logits, not a feature map) is left out.
+        """
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+            if name != "linear"
+        }
+
+    def freeze(self, freeze_at: int = 0) -> "ResNet":
+        """Freeze the first ``freeze_at`` parts, in place: 1 = the stem, 2 = stem and res2, ...
+
+        Frozen parts get ``requires_grad = False`` and their batch norms become
+        ``FrozenBatchNorm2d`` (see :meth:`CNNBlockBase.freeze`). 0 freezes nothing. Returns self.
+        """
+        if freeze_at >= 1:
+            self.stem.freeze()
+        for index, stage in enumerate(self.stages, start=2):
+            if freeze_at >= index:
+                for block in stage.children():
+                    block.freeze()
+        return self
+
+    @classmethod
+    def make_stage(
+        cls, block_class, num_blocks: int, *, in_channels: int, out_channels: int, **kwargs
+    ) -> List[CNNBlockBase]:
+        """Build the ``num_blocks`` blocks of one stage.
+
+        Args:
+            block_class: a :class:`CNNBlockBase` subclass taking ``in_channels`` and
+                ``out_channels`` (plus whatever keyword arguments it needs).
+            num_blocks: number of blocks.
+            in_channels: input channels of the first block; later blocks take
+                ``out_channels``.
+            out_channels: output channels of every block.
+            kwargs: passed to every block. A key ``<name>_per_block`` must be a list of
+                ``num_blocks`` values, the i-th going to block i as ``<name>`` (e.g.
+                ``stride_per_block=[2, 1, 1]``). The legacy ``first_stride=s`` means
+                ``stride_per_block=[s, 1, ...]``.
+
+        Returns:
+            the list of blocks, to be given to :class:`ResNet` as one stage.
+        """
+        if "first_stride" in kwargs:
+            if "stride_per_block" in kwargs or "stride" in kwargs:
+                raise ValueError("make_stage: give first_stride or stride(_per_block), not both.")
+            first = kwargs.pop("first_stride")
+            kwargs["stride_per_block"] = [first] + [1] * (num_blocks - 1)
+        per_block = {}
+        shared = {}
+        for key, value in kwargs.items():
+            if key.endswith("_per_block"):
+                base = key[: -len("_per_block")]
+                if len(value) != num_blocks:
+                    raise ValueError(
+                        f"make_stage: {key} has {len(value)} values for {num_blocks} blocks."
+                    )
+                if base in kwargs:
+                    raise ValueError(f"make_stage: both {base} and {key} were given.")
+                per_block[base] = value
+            else:
+                shared[key] = value
+        blocks = []
+        for i in range(num_blocks):
+            block_kwargs = dict(shared)
+            for base, values in per_block.items():
+                block_kwargs[base] = values[i]
+            blocks.append(
+                block_class(in_channels=in_channels, out_channels=out_channels, **block_kwargs)
+            )
+            in_channels = out_channels
+        return blocks
+
+    @classmethod
+    def make_default_stages(
+        cls, depth: int, block_class=None, **kwargs
+    ) -> List[List[CNNBlockBase]]:
+        """The four stages (res2..res5) of a standard ResNet of the given depth.
+
+        Args:
+            depth: 18, 34, 50, 101 or 152.
+            block_class: block type; default :class:`BasicBlock` below depth 50, else
+                :class:`BottleneckBlock` (then ``bottleneck_channels`` = out_channels / 4).
+            kwargs: passed to every block (e.g. ``norm``, ``stride_in_1x1``).
+
+        Returns:
+            a list of 4 lists of blocks, with the first block of res3..res5 having stride 2.
+        """
+        if depth not in _BLOCKS_PER_STAGE:
+            raise ValueError(
+                f"ResNet depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}."
+            )
+        if block_class is None:
+            block_class = BasicBlock if depth < 50 else BottleneckBlock
+        if depth < 50:
+            in_channels, out_channels = [64, 64, 128, 256], [64, 128, 256, 512]
+        else:
+            in_channels, out_channels = [64, 256, 512, 1024], [256, 512, 1024, 2048]
+        stages = []
+        for num, first_stride, cin, cout in zip(
+            _BLOCKS_PER_STAGE[depth], [1, 2, 2, 2], in_channels, out_channels
+        ):
+            stage_kwargs = dict(kwargs)
+            if depth >= 50:
+                stage_kwargs["bottleneck_channels"] = cout // 4
+            stages.append(
+                cls.make_stage(
+                    block_class, num, in_channels=cin, out_channels=cout,
+                    stride_per_block=[first_stride] + [1] * (num - 1), **stage_kwargs,
+                )
+            )
+        return stages
+
+
+make_stage = ResNet.make_stage
+"""Module-level alias of :meth:`ResNet.make_stage` (as in Detectron2)."""
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
+    """Build a ResNet/ResNeXt backbone from ``cfg.MODEL.RESNETS`` and ``MODEL.BACKBONE.FREEZE_AT``.
+
+    Reads DEPTH, NUM_GROUPS, WIDTH_PER_GROUP (bottleneck width of res2 = their product, doubled
+    at each later stage), STEM_OUT_CHANNELS, RES2_OUT_CHANNELS (doubled at each later stage),
+    STRIDE_IN_1X1, RES5_DILATION (2: res5 keeps stride 16 and uses dilated 3x3 convs),
+    DEFORM_ON_PER_STAGE, DEFORM_MODULATED, DEFORM_NUM_GROUPS, NORM and OUT_FEATURES.
+
+    Args:
+        cfg: a config.
+        input_shape: ``input_shape.channels`` is the stem's input channels.
+
+    Returns:
+        a :class:`ResNet` whose outputs are ``MODEL.RESNETS.OUT_FEATURES``.
+    """
+    r = cfg.MODEL.RESNETS
+    depth = r.DEPTH
+    if depth not in _BLOCKS_PER_STAGE:
+        raise ValueError(
+            f"MODEL.RESNETS.DEPTH={depth} is not supported; use one of "
+            f"{sorted(_BLOCKS_PER_STAGE)}."
+        )
+    norm = r.NORM
+    num_groups = r.NUM_GROUPS
+    bottleneck_channels = num_groups * r.WIDTH_PER_GROUP
+    in_channels = r.STEM_OUT_CHANNELS
+    out_channels = r.RES2_OUT_CHANNELS
+    res5_dilation = r.RES5_DILATION
+    deform_on = list(r.DEFORM_ON_PER_STAGE)
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res5_dilation}.")
+    if len(deform_on) != 4:
+        raise ValueError(
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE needs 4 booleans (res2..res5), got "
+            f"{deform_on}."
+        )
+    if depth in (18, 34):
+        problems = []
+        if out_channels != 64:
+            problems.append(f"MODEL.RESNETS.RES2_OUT_CHANNELS={out_channels} must be 64")
+        if any(deform_on):
+            problems.append("MODEL.RESNETS.DEFORM_ON_PER_STAGE must be all False")
+        if res5_dilation != 1:
+            problems.append("MODEL.RESNETS.RES5_DILATION must be 1")
+        if num_groups != 1:
+            problems.append(f"MODEL.RESNETS.NUM_GROUPS={num_groups} must be 1")
+        if problems:
+            raise ValueError(
+                f"ResNet-{depth} uses basic blocks: " + "; ".join(problems) + "."
+            )
+
+    stem = BasicStem(in_channels=input_shape.channels, out_channels=in_channels, norm=norm)
+    stages = []
+    for index, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
+        is_res5 = index == 3
+        dilation = res5_dilation if is_res5 else 1
+        first_stride = 1 if index == 0 or (is_res5 and dilation == 2) else 2
+        stage_kwargs = {
+            "stride_per_block": [first_stride] + [1] * (num_blocks - 1),
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "norm": norm,
+        }
+        if depth in (18, 34):
+            block_class = BasicBlock
+        else:
+            stage_kwargs.update(
+                bottleneck_channels=bottleneck_channels,
+                stride_in_1x1=r.STRIDE_IN_1X1,
+                dilation=dilation,
+                num_groups=num_groups,
+            )
+            if deform_on[index]:
+                block_class = DeformBottleneckBlock
+                stage_kwargs.update(
+                    deform_modulated=r.DEFORM_MODULATED, deform_num_groups=r.DEFORM_NUM_GROUPS
+                )
+            else:
+                block_class = BottleneckBlock
+        stages.append(ResNet.make_stage(block_class, num_blocks, **stage_kwargs))
+        in_channels = out_channels
+        out_channels *= 2
+        bottleneck_channels *= 2
+    return ResNet(
+        stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
+    )

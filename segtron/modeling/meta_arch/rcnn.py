@@ -1,0 +1,325 @@
+"""R-CNN meta-architectures: backbone + proposal generator (+ ROI heads).
+
+Detectron2 path: ``detectron2.modeling.meta_arch.rcnn``.
+
+Both models take Detectron2's batched inputs: a list with one dict per image holding
+
+- ``"image"``: (C, H, W) tensor in ``INPUT.FORMAT`` channel order (uint8 or float, 0..255),
+  already resized by the data loader;
+- ``"height"``, ``"width"`` (optional): the size wanted for the outputs, usually the original
+  image size; defaults to the network input size;
+- ``"instances"`` (training): ground truth ``Instances`` (``gt_boxes``, ``gt_classes``, ...);
+- ``"proposals"`` (with precomputed proposals): ``Instances`` with ``proposal_boxes`` and
+  ``objectness_logits``.
+"""
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ...config import configurable
+from ...layers import move_device_like
+from ...structures import ImageList, Instances
+from ...utils.events import get_event_storage
+from ..backbone import Backbone, build_backbone
+from ..postprocessing import detector_postprocess
+from ..proposal_generator import build_proposal_generator
+from ..registries import META_ARCH_REGISTRY
+from ..roi_heads import build_roi_heads
+
+__all__ = ["GeneralizedRCNN", "ProposalNetwork"]
+
+logger = logging.getLogger(__name__)
+
+
+def _register_pixel_stats(module: nn.Module, pixel_mean, pixel_std) -> None:
+    """(C, 1, 1) float buffers ``pixel_mean`` / ``pixel_std``, kept out of the state dict (as in
+    Detectron2: they come from the config, and checkpoints do not carry them)."""
+    module.register_buffer(
+        "pixel_mean", torch.tensor(list(pixel_mean), dtype=torch.float32).view(-1, 1, 1), False
+    )
+    module.register_buffer(
+        "pixel_std", torch.tensor(list(pixel_std), dtype=torch.float32).view(-1, 1, 1), False
+    )
+    if module.pixel_mean.shape != module.pixel_std.shape:
+        raise ValueError(
+            f"MODEL.PIXEL_MEAN ({list(pixel_mean)}) and MODEL.PIXEL_STD ({list(pixel_std)}) "
+            "must have one value per input channel each, and as many values."
+        )
+
+
+def _normalize_and_batch(
+    module: nn.Module, batched_inputs: List[Dict], backbone: Backbone
+) -> ImageList:
+    images = []
+    for i, item in enumerate(batched_inputs):
+        if "image" not in item:
+            raise KeyError(
+                f"Batched input {i} has no 'image' key (keys: {sorted(item)}); each input dict "
+                "needs the (C, H, W) image tensor under 'image'."
+            )
+        images.append(move_device_like(item["image"], module.pixel_mean))
+    images = [(x - module.pixel_mean) / module.pixel_std for x in images]
+    return ImageList.from_tensors(
+        images,
+        backbone.size_divisibility,
+        padding_constraints=backbone.padding_constraints,
+    )
+
+
+def _output_size(item: Dict, image_size: Tuple[int, int]) -> Tuple[int, int]:
+    return item.get("height", image_size[0]), item.get("width", image_size[1])
+
+
+@META_ARCH_REGISTRY.register()
+class GeneralizedRCNN(nn.Module):
+    """Backbone -> proposal generator -> ROI heads (Faster / Mask / Keypoint R-CNN, ...).
+
+    Training: ``forward(batched_inputs) -> dict`` of losses (proposal generator's and ROI
+    heads'). Inference (``eval()``): ``forward(batched_inputs) -> list[{"instances":
+    Instances}]`` in each input's "height" x "width".
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: Optional[nn.Module],
+        roi_heads: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        input_format: Optional[str] = None,
+        vis_period: int = 0,
+    ):
+        """Args:
+            backbone: maps the (N, C, H, W) normalised batch to named feature maps.
+            proposal_generator: ``(images, features, gt_instances) -> (proposals, losses)``;
+                None to read precomputed proposals from the inputs' "proposals".
+            roi_heads: ``(images, features, proposals, gt_instances) -> (results, losses)``.
+            pixel_mean, pixel_std: per-channel normalisation ``(x - mean) / std``.
+            input_format: channel order of the input images (e.g. "BGR"); informational,
+                used by training visualisation.
+            vis_period: visualise training proposals every this many iterations (0: never).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+        self.input_format = input_format
+        self.vis_period = int(vis_period)
+        if self.vis_period > 0 and input_format is None:
+            raise ValueError(
+                "GeneralizedRCNN: vis_period (VIS_PERIOD) > 0 needs input_format (INPUT.FORMAT) "
+                "to draw the images."
+            )
+        _register_pixel_stats(self, pixel_mean, pixel_std)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Backbone, proposal generator and ROI heads from their registries; MODEL.PIXEL_MEAN /
+        PIXEL_STD, INPUT.FORMAT and VIS_PERIOD."""
+        backbone = build_backbone(cfg)
+        output_shape = backbone.output_shape()
+        return {
+            "backbone": backbone,
+            "proposal_generator": build_proposal_generator(cfg, output_shape),
+            "roi_heads": build_roi_heads(cfg, output_shape),
+            "input_format": cfg.INPUT.FORMAT,
+            "vis_period": cfg.VIS_PERIOD,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model (that of ``pixel_mean``)."""
+        return self.pixel_mean.device
+
+    def visualize_training(self, batched_inputs: List[Dict], proposals: List[Instances]) -> None:
+        """Draw ground truth and top proposals into the event storage (every VIS_PERIOD
+        iterations). Not available yet: it needs segtron's Visualizer."""
+        raise NotImplementedError(
+            "Training visualisation (VIS_PERIOD > 0) is not available yet: it comes with the "
+            "visualizer (segtron.utils.visualizer). Set VIS_PERIOD 0 for now."
+        )
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Move each input's "image" to the model's device, normalise it with
+        ``(x - pixel_mean) / pixel_std`` and pad them into one batch (bottom/right zero padding
+        to the backbone's size divisibility / padding constraints)."""
+        return _normalize_and_batch(self, batched_inputs, self.backbone)
+
+    def forward(self, batched_inputs: List[Dict]):
+        """Args:
+            batched_inputs: one dict per image, see the module docstring.
+
+        Returns:
+            in training, a dict of scalar losses; in eval, what :meth:`inference` returns.
+        """
+        if not self.training:
+            return self.inference(batched_inputs)
+
+        images = self.preprocess_image(batched_inputs)
+        if "instances" in batched_inputs[0]:
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        else:
+            gt_instances = None
+        features = self.backbone(images.tensor)
+
+        if self.proposal_generator is not None:
+            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        else:
+            proposals = self._precomputed_proposals(batched_inputs)
+            proposal_losses = {}
+
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        if self.vis_period > 0:
+            storage = get_event_storage()
+            if storage.iter % self.vis_period == 0:
+                self.visualize_training(batched_inputs, proposals)
+
+        losses = {}
+        losses.update(detector_losses)
+        losses.update(proposal_losses)
+        return losses
+
+    def _precomputed_proposals(self, batched_inputs: List[Dict]) -> List[Instances]:
+        if "proposals" not in batched_inputs[0]:
+            raise KeyError(
+                "The model has no proposal generator (MODEL.PROPOSAL_GENERATOR.NAME = "
+                "'PrecomputedProposals'), so each input needs precomputed 'proposals'; enable "
+                "DATASETS.PROPOSAL_FILES_* / MODEL.LOAD_PROPOSALS or use the RPN."
+            )
+        return [x["proposals"].to(self.device) for x in batched_inputs]
+
+    def inference(
+        self,
+        batched_inputs: List[Dict],
+        detected_instances: Optional[List[Instances]] = None,
+        do_postprocess: bool = True,
+    ):
+        """Run inference.
+
+        Args:
+            batched_inputs: one dict per image, see the module docstring.
+            detected_instances: if given, one ``Instances`` per image with known boxes
+                (``pred_boxes``, ``pred_classes``); only the remaining heads (e.g. masks) run
+                on them, through ``roi_heads.forward_with_given_boxes``.
+            do_postprocess: rescale the results to each input's "height" x "width".
+
+        Returns:
+            with ``do_postprocess``, a list of ``{"instances": Instances}``; else the raw
+            ``Instances`` per image in the network input's resolution.
+        """
+        if self.training:
+            raise RuntimeError("GeneralizedRCNN.inference needs eval mode; call model.eval().")
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+
+        if detected_instances is None:
+            if self.proposal_generator is not None:
+                proposals, _ = self.proposal_generator(images, features, None)
+            else:
+                proposals = self._precomputed_proposals(batched_inputs)
+            results, _ = self.roi_heads(images, features, proposals, None)
+        else:
+            detected_instances = [x.to(self.device) for x in detected_instances]
+            results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
+
+        if do_postprocess:
+            return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
+        return results
+
+    @staticmethod
+    def _postprocess(
+        instances: List[Instances],
+        batched_inputs: List[Dict],
+        image_sizes: List[Tuple[int, int]],
+    ) -> List[Dict[str, Instances]]:
+        """Rescale each image's results from the network input size (``image_sizes``) to the
+        input's "height" x "width"; returns ``[{"instances": Instances}, ...]``."""
+        processed = []
+        for result, item, image_size in zip(instances, batched_inputs, image_sizes):
+            height, width = _output_size(item, image_size)
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+
+@META_ARCH_REGISTRY.register()
+class ProposalNetwork(nn.Module):
+    """Backbone + proposal generator only (e.g. an RPN-only model).
+
+    Training: ``forward -> dict`` of proposal losses. Inference: ``forward -> list[{"proposals":
+    Instances}]`` rescaled to each input's "height" x "width".
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        """Args:
+            backbone: maps the normalised batch to named feature maps.
+            proposal_generator: ``(images, features, gt_instances) -> (proposals, losses)``.
+            pixel_mean, pixel_std: per-channel normalisation ``(x - mean) / std``.
+        """
+        super().__init__()
+        if proposal_generator is None:
+            raise ValueError(
+                "ProposalNetwork needs a proposal generator; MODEL.PROPOSAL_GENERATOR.NAME = "
+                "'PrecomputedProposals' leaves it nothing to do. Use e.g. 'RPN'."
+            )
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        _register_pixel_stats(self, pixel_mean, pixel_std)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Backbone and proposal generator from their registries; MODEL.PIXEL_MEAN / STD."""
+        backbone = build_backbone(cfg)
+        return {
+            "backbone": backbone,
+            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model (that of ``pixel_mean``)."""
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise and batch the inputs' images, as ``GeneralizedRCNN.preprocess_image``."""
+        return _normalize_and_batch(self, batched_inputs, self.backbone)
+
+    def forward(self, batched_inputs: List[Dict]):
+        """Args:
+            batched_inputs: one dict per image (see the module docstring); "instances" needed
+                in training.
+
+        Returns:
+            in training, the proposal losses; in eval, ``[{"proposals": Instances}, ...]``.
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        if "instances" in batched_inputs[0]:
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        else:
+            gt_instances = None
+        proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        if self.training:
+            return proposal_losses
+
+        processed = []
+        for result, item, image_size in zip(proposals, batched_inputs, images.image_sizes):
+            height, width = _output_size(item, image_size)
+            processed.append({"proposals": detector_postprocess(result, height, width)})
+        return processed

@@ -1,0 +1,195 @@
+"""Turning dense RPN predictions into per-image proposals, and mixing ground truth into them.
+
+Detectron2 path: ``detectron2.modeling.proposal_generator.proposal_utils``.
+
+The selection order in :func:`find_top_rpn_proposals` is part of the output format (proposals
+must come out in Detectron2's order), so it is spelled out step by step in its docstring.
+"""
+
+import logging
+import math
+from typing import List, Sequence, Tuple, Union
+
+import torch
+
+from ...layers import batched_nms, cat
+from ...structures import Boxes, Instances
+
+__all__ = ["find_top_rpn_proposals", "add_ground_truth_to_proposals"]
+
+logger = logging.getLogger(__name__)
+
+# Objectness logit given to ground-truth boxes appended to proposals: the logit of a
+# probability of 1 - 1e-10 (about 23.03), computed in Python double precision as Detectron2 does.
+_GT_PROB = 1.0 - 1e-10
+_GT_LOGIT = math.log(_GT_PROB / (1.0 - _GT_PROB))
+
+
+def find_top_rpn_proposals(
+    proposals: Sequence[torch.Tensor],
+    pred_objectness_logits: Sequence[torch.Tensor],
+    image_sizes: Sequence[Tuple[int, int]],
+    nms_thresh: float,
+    pre_nms_topk: int,
+    post_nms_topk: int,
+    min_box_size: float,
+    training: bool,
+) -> List[Instances]:
+    """Select the final proposals of each image from the decoded proposals of all levels.
+
+    Steps, in this order (the order determines the output order):
+
+    1. Per level ``i``: sort the (N, Ai) logits in descending order along dim 1 and keep the
+       first ``min(pre_nms_topk, Ai)`` of each image, with their boxes.
+    2. Concatenate the kept candidates of all levels (level 0 first) and remember the level of
+       each candidate.
+    3. Per image: drop candidates whose box or logit is not finite (in ``training`` this raises
+       ``FloatingPointError`` instead); clip boxes to the image; drop boxes with a width or
+       height ``<= min_box_size``; run NMS at ``nms_thresh`` separately within each level
+       (``batched_nms`` with the level as group); keep the first ``post_nms_topk`` survivors,
+       which are sorted by decreasing logit.
+
+    Args:
+        proposals: L tensors, one per level; tensor i is (N, Ai, 4) XYXY boxes in input-image
+            pixels, Ai = Hi * Wi * A in the anchor order.
+        pred_objectness_logits: L tensors; tensor i is (N, Ai), the logit of each box above.
+        image_sizes: N (height, width) pairs, the unpadded size of each image.
+        nms_thresh: IoU above which NMS suppresses a lower-scoring box of the same level.
+        pre_nms_topk: candidates kept per level and image before NMS.
+        post_nms_topk: proposals kept per image after NMS (over all levels together).
+        min_box_size: boxes with a side ``<= min_box_size`` pixels (after clipping) are dropped.
+        training: whether non-finite predictions are an error (training) or silently dropped.
+
+    Returns:
+        N ``Instances`` (image_size = ``image_sizes[i]``) with fields ``proposal_boxes``
+        (``Boxes``, at most ``post_nms_topk``) and ``objectness_logits`` (raw logits), sorted
+        by decreasing logit.
+    """
+    if len(proposals) != len(pred_objectness_logits):
+        raise ValueError(
+            f"find_top_rpn_proposals: got {len(proposals)} levels of proposals but "
+            f"{len(pred_objectness_logits)} levels of objectness logits; pass one of each per "
+            "feature level."
+        )
+    if len(proposals) == 0:
+        raise ValueError("find_top_rpn_proposals: no feature levels given.")
+    num_images = len(image_sizes)
+    device = proposals[0].device
+    batch_idx = torch.arange(num_images, device=device)
+
+    level_scores, level_boxes, level_ids = [], [], []
+    for level, (boxes_i, logits_i) in enumerate(zip(proposals, pred_objectness_logits)):
+        if boxes_i.dim() != 3 or boxes_i.shape[-1] != 4 or logits_i.dim() != 2:
+            raise ValueError(
+                f"find_top_rpn_proposals: level {level} has proposals {tuple(boxes_i.shape)} and "
+                f"logits {tuple(logits_i.shape)}; expected (N, Ai, 4) and (N, Ai)."
+            )
+        if boxes_i.shape[:2] != logits_i.shape or boxes_i.shape[0] != num_images:
+            raise ValueError(
+                f"find_top_rpn_proposals: level {level} has proposals {tuple(boxes_i.shape)} and "
+                f"logits {tuple(logits_i.shape)} for {num_images} image sizes; the first two "
+                "dims must agree and equal (num_images, Ai)."
+            )
+        num_keep = min(int(pre_nms_topk), logits_i.shape[1])
+        sorted_logits, order = logits_i.sort(descending=True, dim=1)
+        top_logits = sorted_logits[:, :num_keep]
+        top_idx = order[:, :num_keep]
+        level_scores.append(top_logits)
+        level_boxes.append(boxes_i[batch_idx[:, None], top_idx])  # (N, num_keep, 4)
+        level_ids.append(torch.full((num_keep,), level, dtype=torch.int64, device=device))
+
+    all_scores = cat(level_scores, dim=1)
+    all_boxes = cat(level_boxes, dim=1)
+    all_levels = cat(level_ids, dim=0)
+
+    results: List[Instances] = []
+    for n, image_size in enumerate(image_sizes):
+        boxes = Boxes(all_boxes[n])
+        scores = all_scores[n]
+        levels = all_levels
+
+        finite = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
+        if not bool(finite.all()):
+            if training:
+                raise FloatingPointError(
+                    "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+                )
+            boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
+        boxes.clip(image_size)
+
+        big_enough = boxes.nonempty(threshold=min_box_size)
+        if not bool(big_enough.all()):
+            boxes, scores, levels = boxes[big_enough], scores[big_enough], levels[big_enough]
+
+        keep = batched_nms(boxes.tensor, scores, levels, nms_thresh)
+        keep = keep[:post_nms_topk]  # already sorted by decreasing score
+
+        result = Instances(image_size)
+        result.proposal_boxes = boxes[keep]
+        result.objectness_logits = scores[keep]
+        results.append(result)
+    return results
+
+
+def add_ground_truth_to_proposals(
+    gt: Union[Sequence[Instances], Sequence[Boxes]], proposals: Sequence[Instances]
+) -> List[Instances]:
+    """Append each image's ground-truth boxes to its proposals (used when training ROI heads).
+
+    Args:
+        gt: N elements, one per image: ``Instances`` with a ``gt_boxes`` field (and any field
+            the proposals carry besides ``proposal_boxes`` / ``objectness_logits``), or plain
+            ``Boxes``.
+        proposals: N ``Instances`` with ``proposal_boxes`` and ``objectness_logits``.
+
+    Returns:
+        N ``Instances``: the proposals of image i followed by its ground-truth boxes as extra
+        proposals with ``objectness_logits`` = log((1 - 1e-10) / 1e-10) (probability ~1). Only
+        the proposals' fields are kept.
+    """
+    if gt is None:
+        raise ValueError("add_ground_truth_to_proposals: gt is None; pass the gt of each image.")
+    if len(proposals) != len(gt):
+        raise ValueError(
+            f"add_ground_truth_to_proposals: {len(proposals)} proposal sets but {len(gt)} "
+            "ground-truth sets; proposals and gt should have the same length as the number of "
+            "images!"
+        )
+    if len(proposals) == 0:
+        return list(proposals)
+    return [
+        add_ground_truth_to_proposals_single_image(gt_i, proposals_i)
+        for gt_i, proposals_i in zip(gt, proposals)
+    ]
+
+
+def add_ground_truth_to_proposals_single_image(
+    gt: Union[Instances, Boxes], proposals: Instances
+) -> Instances:
+    """:func:`add_ground_truth_to_proposals` for one image (same arguments, one element each)."""
+    if isinstance(gt, Boxes):
+        gt = Instances(proposals.image_size, gt_boxes=gt)
+    if not gt.has("gt_boxes"):
+        raise ValueError(
+            "add_ground_truth_to_proposals: the ground-truth Instances has no 'gt_boxes' field "
+            f"(fields: {sorted(gt.get_fields())})."
+        )
+    gt_boxes = gt.gt_boxes
+    device = proposals.objectness_logits.device
+    gt_logits = torch.full(
+        (len(gt_boxes),), _GT_LOGIT, dtype=proposals.objectness_logits.dtype, device=device
+    )
+
+    gt_fields = dict(gt.get_fields())
+    gt_fields["proposal_boxes"] = gt_boxes
+    gt_fields["objectness_logits"] = gt_logits
+    as_proposals = Instances(proposals.image_size)
+    for name in proposals.get_fields():
+        if name not in gt_fields:
+            raise ValueError(
+                f"add_ground_truth_to_proposals: the proposals have a field {name!r} that the "
+                f"ground truth lacks (gt fields: {sorted(gt.get_fields())}); add it to the gt "
+                "Instances or remove it from the proposals."
+            )
+        as_proposals.set(name, gt_fields[name])
+    return Instances.cat([proposals, as_proposals])

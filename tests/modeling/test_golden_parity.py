@@ -1,0 +1,108 @@
+"""Output parity with Detectron2 on the golden fixture (``../shared/compat/golden``).
+
+A thin Mask R-CNN R50-FPN (3 classes) with fixed weights, one image, and what Detectron2
+outputs for it. Thresholds are those of ``../shared/compat/README.md``: features within 1e-4
+relative; proposals equal to 1e-3 px in the same order; detections with the same count and
+classes in the same order, boxes within 1e-2 px, scores within 1e-4, each mask's IoU >= 0.99.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from segtron.config import get_cfg
+from segtron.data import detection_utils
+from segtron.data import transforms as T
+from segtron.modeling import build_model
+
+FIXTURE = "golden/mask_rcnn_R50_FPN_thin"
+
+
+def load_golden_weights(path):
+    """The fixture's state dict: float tensors stored as float16 are cast to float32."""
+    with np.load(path) as npz:
+        out = {}
+        for name in npz.files:
+            array = npz[name]
+            tensor = torch.from_numpy(array.astype(np.float32) if array.dtype == np.float16 else array)
+            out[name] = tensor
+    return out
+
+
+@pytest.fixture(scope="module")
+def golden(compat_dir):
+    root = compat_dir / FIXTURE
+    cfg = get_cfg()
+    cfg.merge_from_file(str(root / "config.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    incompatible = model.load_state_dict(load_golden_weights(root / "weights_fp16.npz"), strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+
+    image = detection_utils.read_image(str(root / "image.png"), format=cfg.INPUT.FORMAT)
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    resized = resize.get_transform(image).apply_image(image)
+    batched = [{
+        "image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+        "height": image.shape[0],
+        "width": image.shape[1],
+    }]
+    with torch.no_grad():
+        images = model.preprocess_image(batched)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        outputs = model(batched)
+    return {
+        "root": root,
+        "summary": json.loads((root / "summary.json").read_text()),
+        "images": images,
+        "features": features,
+        "proposals": proposals[0],
+        "instances": outputs[0]["instances"],
+    }
+
+
+def test_input_sizes(golden):
+    summary = golden["summary"]
+    assert list(golden["images"].image_sizes[0]) == summary["resized_input_hw"]
+    assert list(golden["images"].tensor.shape[-2:]) == summary["padded_input_hw"]
+
+
+@pytest.mark.parametrize("level", ["p2", "p3", "p4", "p5", "p6"])
+def test_fpn_features(golden, level):
+    shape, total, abs_total = golden["summary"]["features"][level]
+    feature = golden["features"][level].double()
+    assert list(feature.shape) == shape
+    assert feature.sum().item() == pytest.approx(total, rel=1e-4, abs=1e-4 * abs_total)
+    assert feature.abs().sum().item() == pytest.approx(abs_total, rel=1e-4)
+
+
+def test_proposals(golden):
+    with np.load(golden["root"] / "proposals.npz") as expected:
+        boxes, logits = expected["boxes"], expected["objectness_logits"]
+    proposals = golden["proposals"]
+    assert len(proposals) == golden["summary"]["num_proposals"] == len(boxes)
+    ours = proposals.proposal_boxes.tensor.numpy()
+    np.testing.assert_allclose(ours, boxes, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(proposals.objectness_logits.numpy(), logits, rtol=0, atol=1e-4)
+
+
+def test_detections(golden):
+    with np.load(golden["root"] / "expected.npz") as expected:
+        boxes, scores = expected["boxes"], expected["scores"]
+        classes, masks = expected["classes"], expected["masks"]
+    instances = golden["instances"]
+    assert instances.image_size == (240, 320)
+    assert len(instances) == golden["summary"]["num_detections"] == len(boxes)
+    np.testing.assert_array_equal(instances.pred_classes.numpy(), classes)
+    np.testing.assert_allclose(instances.pred_boxes.tensor.numpy(), boxes, rtol=0, atol=1e-2)
+    np.testing.assert_allclose(instances.scores.numpy(), scores, rtol=0, atol=1e-4)
+
+    ours = instances.pred_masks.numpy()
+    assert ours.shape == masks.shape and ours.dtype == bool
+    intersection = (ours & masks).reshape(len(masks), -1).sum(1)
+    union = (ours | masks).reshape(len(masks), -1).sum(1)
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+    assert iou.min() >= 0.99, f"worst mask IoU {iou.min():.4f} (detection {iou.argmin()})"

@@ -1,0 +1,134 @@
+"""Every YAML under configs/ merges into get_cfg(); the shipped configs hold Detectron2's values."""
+
+from pathlib import Path
+
+import pytest
+
+from segtron.config import get_cfg
+from segtron.config.merge import iter_full_keys
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ALL_YAML = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+R50 = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+
+
+def _load(rel: str):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(CONFIGS / rel))
+    return cfg
+
+
+def _value(cfg, full_key: str):
+    for part in full_key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def test_configs_exist():
+    assert len(ALL_YAML) >= 13
+
+
+@pytest.mark.parametrize("rel", ALL_YAML)
+def test_every_config_merges(rel):
+    cfg = _load(rel)
+    assert cfg.VERSION == 2
+
+
+# Facts from Detectron2's configs: (config, key, value).
+EXPECTED = [
+    ("Base-RCNN-FPN.yaml", "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone"),
+    ("Base-RCNN-FPN.yaml", "MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64], [128], [256], [512]]),
+    ("Base-RCNN-FPN.yaml", "MODEL.RPN.IN_FEATURES", ["p2", "p3", "p4", "p5", "p6"]),
+    ("Base-RCNN-FPN.yaml", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 2000),
+    ("Base-RCNN-FPN.yaml", "MODEL.RPN.POST_NMS_TOPK_TEST", 1000),
+    ("Base-RCNN-FPN.yaml", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"),
+    ("Base-RCNN-FPN.yaml", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", 14),
+    ("Base-RCNN-FPN.yaml", "DATASETS.TRAIN", ("coco_2017_train",)),
+    ("Base-RCNN-FPN.yaml", "SOLVER.STEPS", (60000, 80000)),
+    ("Base-RCNN-FPN.yaml", "INPUT.MIN_SIZE_TRAIN", (640, 672, 704, 736, 768, 800)),
+    ("Base-RCNN-C4.yaml", "MODEL.RPN.PRE_NMS_TOPK_TEST", 6000),
+    ("Base-RCNN-C4.yaml", "MODEL.ROI_HEADS.NAME", "Res5ROIHeads"),
+    ("Base-RCNN-C4.yaml", "MODEL.BACKBONE.NAME", "build_resnet_backbone"),
+    ("Base-RetinaNet.yaml", "MODEL.META_ARCHITECTURE", "RetinaNet"),
+    ("Base-RetinaNet.yaml", "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"),
+    ("Base-RetinaNet.yaml", "MODEL.RESNETS.OUT_FEATURES", ["res3", "res4", "res5"]),
+    ("Base-RetinaNet.yaml", "MODEL.RETINANET.IOU_THRESHOLDS", [0.4, 0.5]),
+    ("Base-RetinaNet.yaml", "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA", 0.0),
+    ("Base-RetinaNet.yaml", "SOLVER.BASE_LR", 0.01),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "MODEL.WEIGHTS", R50),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "MODEL.MASK_ON", True),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "SOLVER.MAX_ITER", 90000),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml", "SOLVER.STEPS", (210000, 250000)),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml", "SOLVER.MAX_ITER", 270000),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml", "MODEL.ROI_HEADS.NAME", "Res5ROIHeads"),
+    ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml", "MODEL.MASK_ON", True),
+    ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", "MODEL.MASK_ON", False),
+    ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", "MODEL.WEIGHTS", R50),
+    ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "MODEL.WEIGHTS", R50),
+    ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "MODEL.RESNETS.DEPTH", 50),
+    ("Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml", "MODEL.ROI_HEADS.NAME", "CascadeROIHeads"),
+    ("Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True),
+    ("Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml", "MODEL.RPN.POST_NMS_TOPK_TRAIN", 2000),
+    ("Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml", "SOLVER.MAX_ITER", 270000),
+    ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "MODEL.KEYPOINT_ON", True),
+    ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", 1),
+    ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 0.5),
+    ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "MODEL.RPN.POST_NMS_TOPK_TRAIN", 1500),
+    ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "DATASETS.TEST", ("keypoints_coco_2017_val",)),
+    ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", "MODEL.WEIGHTS", R50),
+    ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml", "MODEL.META_ARCHITECTURE", "PanopticFPN"),
+    ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml", "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", 0.5),
+    ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml", "MODEL.MASK_ON", True),
+    ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False),
+    ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml", "DATASETS.TRAIN",
+     ("coco_2017_train_panoptic_separated",)),
+    ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml", "MODEL.WEIGHTS", R50),
+]
+
+
+@pytest.mark.parametrize("rel,key,value", EXPECTED, ids=[f"{c}:{k}" for c, k, _ in EXPECTED])
+def test_detectron2_values(rel, key, value):
+    got = _value(_load(rel), key)
+    if isinstance(value, (list, tuple)):
+        assert list(got) == list(value)
+    else:
+        assert got == value
+
+
+def test_retinanet_anchor_sizes_are_three_octave_scales():
+    sizes = _load("COCO-Detection/retinanet_R_50_FPN_1x.yaml").MODEL.ANCHOR_GENERATOR.SIZES
+    assert [list(s) for s in sizes] == [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def test_mask_rcnn_3x_equals_detectron2_dump_except_the_thin_overrides(compat_dir):
+    """The golden fixture's config is Detectron2's dump of mask_rcnn_R_50_FPN_3x, made thin."""
+    golden = get_cfg()
+    golden.merge_from_file(str(compat_dir / "golden" / "mask_rcnn_R50_FPN_thin" / "config.yaml"))
+    ours = _load("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
+    g, o = dict(iter_full_keys(golden)), dict(iter_full_keys(ours))
+    differing = {k for k in set(g) | set(o) if _plain(g.get(k)) != _plain(o.get(k))}
+    thin_overrides = {
+        "INPUT.MAX_SIZE_TEST", "INPUT.MIN_SIZE_TEST", "MODEL.DEVICE", "MODEL.FPN.OUT_CHANNELS",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.RESNETS.STEM_OUT_CHANNELS",
+        "MODEL.RESNETS.WIDTH_PER_GROUP", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_HEADS.NUM_CLASSES",
+        "MODEL.ROI_MASK_HEAD.CONV_DIM", "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.WEIGHTS",
+    }
+    assert differing <= thin_overrides, sorted(differing - thin_overrides)
+
+
+def test_detectron2_tuple_strings_in_yaml(tmp_path):
+    """Detectron2 configs write tuples as strings, e.g. ("a",) and (1, 2): read as literals."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        'DATASETS:\n  TRAIN: ("a", "b")\n  TEST: ()\nSOLVER:\n  STEPS: (10,)\n'
+        'MODEL:\n  WEIGHTS: "(not a tuple)"\n'
+    )
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    assert cfg.DATASETS.TRAIN == ("a", "b") and cfg.DATASETS.TEST == ()
+    assert cfg.SOLVER.STEPS == (10,)
+    assert cfg.MODEL.WEIGHTS == "(not a tuple)"  # string keys keep strings
