@@ -30,6 +30,10 @@ _C.MODEL.WEIGHTS = ""
 # Per-channel mean and std of input images, in INPUT.FORMAT channel order, 0..255 scale.
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+# segtron: run convolutions on channels-last (NHWC) batches, and fold frozen batch norms into
+# the convolutions. Faster on CPU; results differ from Detectron2's by float rounding, so
+# near-tied scores may swap order. False keeps Detectron2's exact sequence of operations.
+_C.MODEL.CHANNELS_LAST = False
 
 # -----------------------------------------------------------------------------
 # Input
@@ -377,4 +381,4 @@ _C.GLOBAL.HACK = 1.0
 
 # Keys segtron adds to Detectron2's set (fully-qualified names). Kept here so the parity test can
 # tell an intended addition from an accident.
-SEGTRON_ADDED_KEYS = ()
+SEGTRON_ADDED_KEYS = ("MODEL.CHANNELS_LAST",)

@@ -8,7 +8,7 @@
 """
 
 import logging
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -85,6 +85,22 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features) - eps)
+
+    def fold_into_conv(
+        self, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of one conv computing ``self(conv(x, weight, bias))``.
+
+        Takes a conv ``weight`` (C_out, C_in/groups, kh, kw) with C_out equal to this norm's
+        channels and its ``bias`` (C_out) or None; returns ``(weight * scale, bias * scale +
+        shift)`` per output channel. Saves one pass over the conv output; gradients still reach
+        ``weight`` and ``bias`` through the products.
+        """
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        folded_weight = weight * scale.reshape(-1, 1, 1, 1).to(weight.dtype)
+        folded_bias = shift if bias is None else bias * scale + shift
+        return folded_weight, folded_bias.to(weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:

@@ -133,6 +133,15 @@ cross_entropy.__doc__ = (
 )
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D tensor stored NHWC (and not also NCHW-contiguous, as 1x1 maps are)."""
+    return (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` followed by an optional normalisation and activation.
 
@@ -140,6 +149,9 @@ class Conv2d(nn.Conv2d):
 
     - ``norm``: a module (e.g. from :func:`get_norm`) or None, applied to the conv output. It is
       a sub-module named ``norm`` so its state-dict keys are ``<conv>.norm.*`` as in Detectron2.
+      With autograd enabled or a channels-last input, a norm with a ``fold_into_conv(weight,
+      bias)`` method (``FrozenBatchNorm2d``) is folded into the convolution instead of being
+      applied to its output (the same function up to float rounding, one pass less).
     - ``activation``: a callable (e.g. ``F.relu``) or None, applied after ``norm``.
 
     ``forward(x (N, C_in, H, W)) -> (N, C_out, H', W')``. Empty batches (N=0) work in eval
@@ -161,9 +173,17 @@ class Conv2d(nn.Conv2d):
                 f"(input shape {tuple(x.shape)}). Use norm='naiveSyncBN_N' (NaiveSyncBatchNorm "
                 "with stats_mode='N') for batches that can be empty on some ranks."
             )
-        x = self._conv_forward(x, self.weight, self.bias)
-        if self.norm is not None:
-            x = self.norm(x)
+        fold = getattr(self.norm, "fold_into_conv", None)
+        if fold is not None and (torch.is_grad_enabled() or _is_channels_last(x)):
+            # A norm that is an affine map per channel (FrozenBatchNorm2d) is folded into the
+            # conv's weight and bias: one pass over the output instead of two. Done in training
+            # and for channels-last inputs (MODEL.CHANNELS_LAST, already not bit-exact); plain
+            # inference keeps Detectron2's exact sequence (conv, then batch_norm).
+            x = self._conv_forward(x, *fold(self.weight, self.bias))
+        else:
+            x = self._conv_forward(x, self.weight, self.bias)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x

@@ -62,11 +62,14 @@ def _normalize_and_batch(
             )
         images.append(move_device_like(item["image"], module.pixel_mean))
     images = [(x - module.pixel_mean) / module.pixel_std for x in images]
-    return ImageList.from_tensors(
+    batch = ImageList.from_tensors(
         images,
         backbone.size_divisibility,
         padding_constraints=backbone.padding_constraints,
     )
+    if module.channels_last:
+        batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 def _output_size(item: Dict, image_size: Tuple[int, int]) -> Tuple[int, int]:
@@ -93,6 +96,7 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: Sequence[float],
         input_format: Optional[str] = None,
         vis_period: int = 0,
+        channels_last: bool = False,
     ):
         """Args:
             backbone: maps the (N, C, H, W) normalised batch to named feature maps.
@@ -103,11 +107,14 @@ class GeneralizedRCNN(nn.Module):
             input_format: channel order of the input images (e.g. "BGR"); informational,
                 used by training visualisation.
             vis_period: visualise training proposals every this many iterations (0: never).
+            channels_last: feed the backbone channels-last (NHWC) batches, which run faster on
+                CPU; results then differ from Detectron2's by float rounding (MODEL.CHANNELS_LAST).
         """
         super().__init__()
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.roi_heads = roi_heads
+        self.channels_last = bool(channels_last)
         self.input_format = input_format
         self.vis_period = int(vis_period)
         if self.vis_period > 0 and input_format is None:
@@ -120,7 +127,7 @@ class GeneralizedRCNN(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         """Backbone, proposal generator and ROI heads from their registries; MODEL.PIXEL_MEAN /
-        PIXEL_STD, INPUT.FORMAT and VIS_PERIOD."""
+        PIXEL_STD, MODEL.CHANNELS_LAST, INPUT.FORMAT and VIS_PERIOD."""
         backbone = build_backbone(cfg)
         output_shape = backbone.output_shape()
         return {
@@ -131,6 +138,7 @@ class GeneralizedRCNN(nn.Module):
             "vis_period": cfg.VIS_PERIOD,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": cfg.MODEL.CHANNELS_LAST,
         }
 
     @property
@@ -264,11 +272,13 @@ class ProposalNetwork(nn.Module):
         proposal_generator: nn.Module,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        channels_last: bool = False,
     ):
         """Args:
             backbone: maps the normalised batch to named feature maps.
             proposal_generator: ``(images, features, gt_instances) -> (proposals, losses)``.
             pixel_mean, pixel_std: per-channel normalisation ``(x - mean) / std``.
+            channels_last: feed the backbone NHWC batches (see ``GeneralizedRCNN``).
         """
         super().__init__()
         if proposal_generator is None:
@@ -278,17 +288,20 @@ class ProposalNetwork(nn.Module):
             )
         self.backbone = backbone
         self.proposal_generator = proposal_generator
+        self.channels_last = bool(channels_last)
         _register_pixel_stats(self, pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
-        """Backbone and proposal generator from their registries; MODEL.PIXEL_MEAN / STD."""
+        """Backbone and proposal generator from their registries; MODEL.PIXEL_MEAN / STD and
+        MODEL.CHANNELS_LAST."""
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,
             "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": cfg.MODEL.CHANNELS_LAST,
         }
 
     @property

@@ -1,0 +1,74 @@
+"""Mask R-CNN R50-FPN inference: segtron vs torchvision's maskrcnn_resnet50_fpn, one process.
+
+Same input (one 800x1067 image) and the same weights: torchvision's random init, copied into
+segtron with its preprocessing and pooler settings (see ``torchvision_peer.py``), so both find
+the same proposals and detections. 80 classes, FrozenBN in both backbones (what each library
+uses with pretrained weights), score threshold 0 so both return 100 detections with masks
+pasted at full resolution. segtron runs twice: by default (Detectron2's exact operations) and
+with MODEL.CHANNELS_LAST (NHWC convolutions, frozen BN folded). Reports the median
+of several interleaved runs and segtron's time as a ratio of torchvision's.
+
+Run from the repository root::
+
+    python benchmarks/inference.py [--threads 2] [--repeats 5]
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
+from benchmarks.torchvision_peer import build_pair  # noqa: E402
+
+TARGET_RATIO = 0.55
+HEIGHT, WIDTH = 800, 1067
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    image_rgb = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    chw = torch.from_numpy(image_rgb).permute(2, 0, 1).contiguous()
+    tv_input = [chw.float() / 255]
+    st_input = [{"image": chw, "height": HEIGHT, "width": WIDTH}]
+    torchvision_model, segtron_model = build_pair(frozen_bn=True)
+    torchvision_model.eval()
+    segtron_model.eval()
+
+    counts = {}
+
+    def run_torchvision():
+        with torch.inference_mode():
+            out = torchvision_model(tv_input)[0]
+        counts["torchvision"] = (len(out["boxes"]), tuple(out["masks"].shape[-2:]))
+
+    def segtron_runner(name, channels_last):
+        def run():
+            segtron_model.channels_last = channels_last
+            with torch.inference_mode():
+                out = segtron_model(st_input)[0]["instances"]
+            counts[name] = (len(out), tuple(out.pred_masks.shape[-2:]))
+        return run
+
+    times = time_interleaved({
+        "torchvision": run_torchvision,
+        "segtron": segtron_runner("segtron", False),
+        "segtron MODEL.CHANNELS_LAST": segtron_runner("segtron MODEL.CHANNELS_LAST", True),
+    }, repeats=args.repeats)
+    print(f"Mask R-CNN R50-FPN inference, {HEIGHT}x{WIDTH}, batch 1 ({machine_line()})")
+    print(f"detections and mask size: {counts}")
+    print(ratio_table(times, reference="torchvision", target=TARGET_RATIO))
+
+
+if __name__ == "__main__":
+    main()

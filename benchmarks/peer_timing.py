@@ -1,0 +1,61 @@
+"""Timing two implementations side by side in one process, for ratio benchmarks.
+
+Runs are interleaved (A, B, A, B, ...) so both see the same machine conditions; each reports the
+median of its runs. Speed claims in segtron are ratios measured this way, never absolute times.
+"""
+
+import gc
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+from tabulate import tabulate
+
+__all__ = ["time_interleaved", "ratio_table", "machine_line"]
+
+
+def time_interleaved(candidates: Dict[str, Callable[[], object]], repeats: int = 5,
+                     warmup: int = 1) -> Dict[str, List[float]]:
+    """Call each candidate ``warmup`` times, then ``repeats`` times interleaved.
+
+    Args:
+        candidates: name -> zero-argument callable doing one unit of work.
+    Returns:
+        name -> list of ``repeats`` wall-clock durations in seconds.
+    """
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio_table(times: Dict[str, List[float]], reference: str, target: float = None) -> str:
+    """A table of medians (ms), spread, and each candidate's median divided by ``reference``'s."""
+    ref = statistics.median(times[reference])
+    rows = []
+    for name, runs in times.items():
+        med = statistics.median(runs)
+        rows.append([name, f"{med * 1e3:.0f}", f"{min(runs) * 1e3:.0f}-{max(runs) * 1e3:.0f}",
+                     f"{med / ref:.3f}"])
+    table = tabulate(rows, headers=["implementation", "median ms", "range ms",
+                                    f"ratio to {reference}"], tablefmt="github")
+    if target is not None:
+        table += f"\ntarget ratio <= {target}"
+    return table
+
+
+def machine_line() -> str:
+    """One line describing the run: CPU, threads, torch version, load."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, load average {load:.1f}")
