@@ -307,6 +307,8 @@ _C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
 _C.SOLVER = CN()
 # "WarmupMultiStepLR", "WarmupCosineLR" or "WarmupStepWithFixedGammaLR".
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+# segtron: "SGD" (momentum, optional Nesterov) or "AdamW" (betas (0.9, 0.999)).
+_C.SOLVER.OPTIMIZER = "SGD"
 _C.SOLVER.MAX_ITER = 40000
 _C.SOLVER.BASE_LR = 0.001
 # Final LR of WarmupCosineLR.
@@ -351,6 +353,9 @@ _C.TEST = CN()
 _C.TEST.EXPECTED_RESULTS = []
 # Evaluate every this many iterations during training; 0 only at the end.
 _C.TEST.EVAL_PERIOD = 0
+# segtron: compute the training losses on DATASETS.TEST (no gradients, frozen norms) every this
+# many iterations and log them as "val_<loss>"; 0 disables.
+_C.TEST.VAL_LOSS_PERIOD = 0
 # OKS sigmas for keypoint AP; empty means COCO's 17 sigmas.
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
 _C.TEST.DETECTIONS_PER_IMAGE = 100
@@ -381,4 +386,4 @@ _C.GLOBAL.HACK = 1.0
 
 # Keys segtron adds to Detectron2's set (fully-qualified names). Kept here so the parity test can
 # tell an intended addition from an accident.
-SEGTRON_ADDED_KEYS = ("MODEL.CHANNELS_LAST",)
+SEGTRON_ADDED_KEYS = ("MODEL.CHANNELS_LAST", "SOLVER.OPTIMIZER", "TEST.VAL_LOSS_PERIOD")
