@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "BatchNorm2d",
+    "is_channels_last",
     "Conv2d",
     "ConvTranspose2d",
     "Linear",
@@ -133,7 +134,7 @@ cross_entropy.__doc__ = (
 )
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     """True for a 4-D tensor stored NHWC (and not also NCHW-contiguous, as 1x1 maps are)."""
     return (
         x.dim() == 4
@@ -174,7 +175,7 @@ class Conv2d(nn.Conv2d):
                 "with stats_mode='N') for batches that can be empty on some ranks."
             )
         fold = getattr(self.norm, "fold_into_conv", None)
-        if fold is not None and (torch.is_grad_enabled() or _is_channels_last(x)):
+        if fold is not None and (torch.is_grad_enabled() or is_channels_last(x)):
             # A norm that is an affine map per channel (FrozenBatchNorm2d) is folded into the
             # conv's weight and bias: one pass over the output instead of two. Done in training
             # and for channels-last inputs (MODEL.CHANNELS_LAST, already not bit-exact); plain

@@ -354,8 +354,6 @@ class StandardROIHeads(ROIHeads):
             _require(bool(targets), "StandardROIHeads: 'targets' are required in training.")
             proposals = self.label_and_sample_proposals(proposals, targets)
         del targets
-        # ROIAlign needs NCHW features: convert channels-last maps once for all poolers.
-        features = {k: v.contiguous() for k, v in features.items()}
 
         if self.training:
             losses = self._forward_box(features, proposals)
