@@ -1,0 +1,25 @@
+"""Evaluation of model outputs (``detectron2.evaluation``).
+
+``inference_on_dataset`` runs a model over a test loader and feeds a ``DatasetEvaluator``;
+``COCOEvaluator`` scores boxes, masks, keypoints and proposals with the COCO API;
+``print_csv_format`` / ``verify_results`` report and check the numbers.
+"""
+
+from .coco_evaluation import COCOEvaluator
+from .evaluator import (
+    DatasetEvaluator,
+    DatasetEvaluators,
+    inference_context,
+    inference_on_dataset,
+)
+from .testing import print_csv_format, verify_results
+
+__all__ = [
+    "COCOEvaluator",
+    "DatasetEvaluator",
+    "DatasetEvaluators",
+    "inference_context",
+    "inference_on_dataset",
+    "print_csv_format",
+    "verify_results",
+]
