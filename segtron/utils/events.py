@@ -211,3 +211,5 @@ class EventStorage:
                 "blocks properly."
             )
         _CURRENT_STORAGE_STACK.pop()
+
+from .event_writers import EventWriter, JSONWriter, TensorboardXWriter, CommonMetricPrinter

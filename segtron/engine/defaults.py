@@ -1,0 +1,569 @@
+"""The standard training/evaluation workflow of Detectron2, with its defaults.
+
+* ``default_argument_parser``: the command-line flags every ``train_net.py``-style script has.
+* ``default_setup``: output directory, loggers, environment and config logging, seeding.
+* ``default_writers``: console printer, ``metrics.json`` and TensorBoard writers.
+* ``DefaultPredictor``: one model, one image in, its predictions out.
+* ``DefaultTrainer``: model, optimizer, scheduler, data, checkpointing, hooks and evaluation
+  built from a config, each step overridable by a subclass.
+
+These are conveniences for the common case; write your own loop (or subclass) for anything
+they do not cover.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import weakref
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import torch
+from fvcore.nn.precise_bn import get_bn_modules
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from segtron.checkpoint import DetectionCheckpointer
+from segtron.config import CfgNode
+from segtron.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from segtron.data.detection_utils import build_augmentation
+from segtron.evaluation import (
+    DatasetEvaluator,
+    inference_on_dataset,
+    print_csv_format,
+    verify_results,
+)
+from segtron.modeling import build_model
+from segtron.solver import build_lr_scheduler, build_optimizer
+from segtron.utils import comm
+from segtron.utils.collect_env import collect_env_info
+from segtron.utils.env import seed_all_rng
+from segtron.utils.file_io import PathManager
+from segtron.utils.logger import setup_logger
+
+from . import hooks
+from .predictor import DefaultPredictor
+from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+
+__all__ = [
+    "create_ddp_model",
+    "default_argument_parser",
+    "default_setup",
+    "default_writers",
+    "DefaultPredictor",
+    "DefaultTrainer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _default_dist_port() -> int:
+    """Detectron2's deterministic per-user port: 2**15 + 2**14 + hash(uid) % 2**14.
+
+    A fixed port per user makes an orphan process from an earlier multi-GPU run visible (the
+    next run fails to bind) instead of silently coexisting with it.
+    """
+    uid = os.getuid() if sys.platform != "win32" else 1
+    return 2**15 + 2**14 + hash(uid) % 2**14
+
+
+def _default_epilog(prog: str) -> str:
+    return f"""
+Examples:
+
+Train on one machine, in one process (CPU or one GPU):
+    $ {prog} --config-file cfg.yaml
+
+Train on the 8 GPUs of one machine:
+    $ {prog} --num-gpus 8 --config-file cfg.yaml
+
+Override config keys (KEY VALUE pairs after the flags):
+    $ {prog} --config-file cfg.yaml MODEL.WEIGHTS /path/to/weight.pth SOLVER.BASE_LR 0.001
+
+Evaluate a trained model:
+    $ {prog} --config-file cfg.yaml --eval-only MODEL.WEIGHTS /path/to/model_final.pth
+
+Train on two machines (run one command on each; URL = tcp://<IP of machine 0>:<free port>):
+    (machine0)$ {prog} --machine-rank 0 --num-machines 2 --dist-url <URL> [--other-flags]
+    (machine1)$ {prog} --machine-rank 1 --num-machines 2 --dist-url <URL> [--other-flags]
+"""
+
+
+def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser of ``train_net.py`` with Detectron2's flags.
+
+    Flags: ``--config-file FILE``, ``--resume``, ``--eval-only``, ``--num-gpus`` (processes per
+    machine), ``--num-machines``, ``--machine-rank``, ``--dist-url`` (default
+    ``tcp://127.0.0.1:<port derived from the user id>``), and the trailing ``opts``: config
+    overrides as ``KEY VALUE`` pairs.
+
+    Args:
+        epilog: text shown at the end of ``--help``; defaults to usage examples.
+
+    Returns:
+        an ``argparse.ArgumentParser``.
+    """
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train_net.py"
+    parser = argparse.ArgumentParser(
+        epilog=epilog if epilog is not None else _default_epilog(prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="path to the YAML config file")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume from the last checkpoint in OUTPUT_DIR (model, optimizer, "
+                             "scheduler, iteration) if there is one; otherwise start from "
+                             "MODEL.WEIGHTS. See DefaultTrainer.resume_or_load")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="only evaluate MODEL.WEIGHTS (or, with --resume, the last "
+                             "checkpoint) on DATASETS.TEST")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="number of processes per machine, one per GPU (CPU processes with "
+                             "MODEL.DEVICE cpu)")
+    parser.add_argument("--num-machines", type=int, default=1,
+                        help="total number of machines")
+    parser.add_argument("--machine-rank", type=int, default=0,
+                        help="the rank of this machine (unique per machine, 0 .. "
+                             "num-machines - 1)")
+    parser.add_argument("--dist-url", default=f"tcp://127.0.0.1:{_default_dist_port()}",
+                        help="URL where the processes meet to start torch.distributed; "
+                             "'auto' picks a free local port (single machine only). See "
+                             "https://pytorch.org/docs/stable/distributed.html")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="config overrides at the end of the command, as space-separated "
+                             "KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.01 MODEL.DEVICE cpu")
+    return parser
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _set_float32_precision(precision: str) -> None:
+    """Apply FLOAT32_PRECISION ("highest", "high" or "medium") to float32 matmuls and cuDNN
+    convolutions (TF32 allowed unless "highest"). Only on CUDA machines, as Detectron2."""
+    if precision not in ("highest", "high", "medium"):
+        raise ValueError(
+            f"FLOAT32_PRECISION = {precision!r}: use 'highest', 'high', 'medium', or '' to leave "
+            "torch's setting alone."
+        )
+    if not torch.cuda.is_available():
+        logger.info("FLOAT32_PRECISION=%s ignored: it only concerns CUDA devices.", precision)
+        return
+    torch.set_float32_matmul_precision(precision)
+    allow_tf32 = precision != "highest"
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    logger.info("Float32 precision set to '%s' (TF32 %s for matmuls and cuDNN).", precision,
+                "allowed" if allow_tf32 else "disabled")
+
+
+def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace]) -> None:
+    """Prepare a process for training or evaluation from ``cfg`` and the parsed ``args``.
+
+    1. Create ``cfg.OUTPUT_DIR`` (main process).
+    2. Set up the ``segtron`` and ``fvcore`` loggers: console on rank 0, ``log.txt`` (rank 0)
+       or ``log.txt.rank<r>`` in OUTPUT_DIR.
+    3. Log the rank and world size, the environment (``collect_env_info``), the command-line
+       arguments and the contents of the config file.
+    4. Write the full config to ``<OUTPUT_DIR>/config.yaml`` (main process).
+    5. Seed every RNG with ``cfg.SEED + rank`` (a random seed when SEED < 0).
+    6. Set ``torch.backends.cudnn.benchmark`` from CUDNN_BENCHMARK (not for ``--eval-only``)
+       and the float32 matmul precision from FLOAT32_PRECISION (when not empty).
+
+    Args:
+        cfg: the full config (may be frozen).
+        args: the namespace from ``default_argument_parser().parse_args()``, or None.
+    """
+    output_dir = cfg.OUTPUT_DIR
+    if comm.is_main_process() and output_dir:
+        PathManager.mkdirs(output_dir)
+
+    rank = comm.get_rank()
+    setup_logger(output_dir or None, distributed_rank=rank, name="fvcore")
+    log = setup_logger(output_dir or None, distributed_rank=rank)
+
+    log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    log.info("Environment info:\n%s", collect_env_info())
+    log.info("Command line arguments: %s", args)
+    config_file = getattr(args, "config_file", "") if args is not None else ""
+    if config_file:
+        with PathManager.open(config_file, "r") as f:
+            log.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
+
+    if comm.is_main_process() and output_dir:
+        path = os.path.join(output_dir, "config.yaml")
+        with PathManager.open(path, "w") as f:
+            f.write(cfg.dump())
+        log.info("Full config saved to %s", path)
+
+    seed = cfg.SEED
+    seed_all_rng(None if seed < 0 else seed + rank)
+
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    if cfg.FLOAT32_PRECISION:
+        _set_float32_precision(cfg.FLOAT32_PRECISION)
+
+
+def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[Any]:
+    """The standard event writers: a console ``CommonMetricPrinter``, a ``JSONWriter`` appending
+    to ``<output_dir>/metrics.json`` and a ``TensorboardXWriter`` logging to ``output_dir``.
+
+    Args:
+        output_dir: directory of metrics.json and the TensorBoard event files.
+        max_iter: total number of iterations, for the printer's ETA.
+
+    Returns:
+        a list of ``EventWriter``.
+    """
+    from segtron.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+
+    PathManager.mkdirs(output_dir)
+    return [
+        CommonMetricPrinter(max_iter),
+        JSONWriter(os.path.join(output_dir, "metrics.json")),
+        TensorboardXWriter(output_dir),
+    ]
+
+
+def create_ddp_model(model: nn.Module, *, fp16_compression: bool = False,
+                     **kwargs: Any) -> nn.Module:
+    """Wrap ``model`` in ``DistributedDataParallel`` when the world has several processes.
+
+    On GPUs each process drives the device ``comm.get_local_rank()`` (``device_ids``); a model on
+    the CPU (gloo backend) is wrapped without ``device_ids``. Single process: ``model`` itself.
+
+    Args:
+        model: the model, already on its device.
+        fp16_compression: compress gradients to fp16 for the all-reduce (GPUs only).
+        kwargs: more ``DistributedDataParallel`` arguments (e.g. ``broadcast_buffers``).
+    """
+    if comm.get_world_size() == 1:
+        return model
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if on_gpu and "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression and on_gpu:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class DefaultTrainer(TrainerBase):
+    """A trainer with Detectron2's default training logic, built from a config.
+
+    It builds (through classmethods a subclass may override) the model, optimizer, LR
+    scheduler, training data loader and, for evaluation, test loaders and evaluators; wraps the
+    model in ``DistributedDataParallel`` when there are several processes; runs a
+    ``SimpleTrainer`` (``AMPTrainer`` with SOLVER.AMP.ENABLED) inside; checkpoints the model,
+    optimizer, scheduler and iteration to OUTPUT_DIR; and registers the hooks of
+    ``build_hooks()`` and the writers of ``build_writers()``.
+
+    Example::
+
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=False)   # load MODEL.WEIGHTS (or resume: last checkpoint)
+        trainer.train()
+
+    Attributes:
+        scheduler: the LR scheduler.
+        checkpointer (DetectionCheckpointer): saves and loads the training state.
+        cfg (CfgNode): the config (after ``auto_scale_workers``).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__()
+        if not logging.getLogger("segtron").isEnabledFor(logging.INFO):
+            setup_logger()  # default_setup was not called: at least show the progress
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)  # fails early, with the fix, on MODEL.DEVICE cuda w/o CUDA
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # The trainer's state holds the iteration, the optimizer, the gradient scaler (AMP) and
+        # the hooks' states (the LR scheduler's among them): Detectron2's checkpoint layout.
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+
+        self.register_hooks(self.build_hooks())
+
+    # The SimpleTrainer inside owns these; expose them as Detectron2 does.
+    @property
+    def model(self) -> nn.Module:
+        """The (possibly DDP-wrapped) model being trained."""
+        return self._trainer.model
+
+    @model.setter
+    def model(self, value: nn.Module) -> None:
+        self._trainer.model = value
+
+    @property
+    def data_loader(self):
+        """The training data loader."""
+        return self._trainer.data_loader
+
+    @data_loader.setter
+    def data_loader(self, value) -> None:
+        self._trainer.data_loader = value
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer."""
+        return self._trainer.optimizer
+
+    @optimizer.setter
+    def optimizer(self, value: torch.optim.Optimizer) -> None:
+        self._trainer.optimizer = value
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Load the starting state.
+
+        With ``resume=True`` and a checkpoint in OUTPUT_DIR (named by its ``last_checkpoint``
+        file), load it whole (model, optimizer, scheduler, iteration) and continue from the
+        iteration after the saved one. Otherwise load only the model weights of
+        ``cfg.MODEL.WEIGHTS`` (nothing when empty) and start from iteration 0.
+        """
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            # The checkpoint of iteration i is written after step i: continue at i + 1.
+            self.start_iter = self.iter + 1
+
+    def build_hooks(self) -> List[Any]:
+        """The default hooks, in order: IterationTimer, LRScheduler, PreciseBN (when
+        TEST.PRECISE_BN.ENABLED and the model has BatchNorm), PeriodicCheckpointer (main
+        process), ValidationLoss (when TEST.VAL_LOSS_PERIOD > 0), EvalHook (every
+        TEST.EVAL_PERIOD and after training) and PeriodicWriter (main process, every 20
+        iterations; last, so it writes what the other hooks recorded)."""
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN / validation loaders: no worker processes
+
+        ret: List[Any] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
+                                       self.build_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        if cfg.TEST.VAL_LOSS_PERIOD > 0:
+            ret.append(hooks.ValidationLoss(cfg.TEST.VAL_LOSS_PERIOD, self.model,
+                                            self.build_validation_loss_loader(cfg)))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        # Evaluation runs on every process (inference is distributed), before the writer so the
+        # results reach metrics.json.
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    def build_writers(self) -> List[Any]:
+        """The event writers of the PeriodicWriter hook: ``default_writers(OUTPUT_DIR,
+        max_iter)``. Override to write elsewhere or more often."""
+        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+
+    def train(self) -> Optional[Dict[str, Any]]:
+        """Train from ``start_iter`` to SOLVER.MAX_ITER with the hooks.
+
+        Returns:
+            the last evaluation results on the main process, checked against
+            TEST.EXPECTED_RESULTS with ``verify_results`` when that is set (RuntimeError when
+            they do not match); else None.
+        """
+        super().train(self.start_iter, self.max_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            if not hasattr(self, "_last_eval_results"):
+                raise RuntimeError(
+                    "TEST.EXPECTED_RESULTS is set but training produced no evaluation results: "
+                    "set DATASETS.TEST, or clear TEST.EXPECTED_RESULTS."
+                )
+            if not verify_results(self.cfg, self._last_eval_results):
+                raise RuntimeError(
+                    "The evaluation results do not match TEST.EXPECTED_RESULTS (the mismatches "
+                    "are logged above)."
+                )
+            return self._last_eval_results
+        return None
+
+    def run_step(self) -> None:
+        """One step of the inner ``SimpleTrainer`` / ``AMPTrainer`` at this iteration."""
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The iteration, the hooks' states and the inner trainer's (optimizer, scaler)."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore what ``state_dict()`` returned."""
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
+    # ------------------------------------------------------------------ builders (overridable)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """``segtron.modeling.build_model(cfg)``, logged."""
+        model = build_model(cfg)
+        logging.getLogger(__name__).info("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        """``segtron.solver.build_optimizer(cfg, model)``."""
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        """``segtron.solver.build_lr_scheduler(cfg, optimizer)``."""
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """``build_detection_train_loader(cfg)``: an infinite loader of DATASETS.TRAIN."""
+        return build_detection_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """``build_detection_test_loader(cfg, dataset_name)``."""
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_validation_loss_loader(cls, cfg: CfgNode):
+        """Loader of the ValidationLoss hook: the datasets of DATASETS.TEST, once over, with
+        their annotations (so the model returns losses) and the test-time resizing (no random
+        augmentation)."""
+        mapper = DatasetMapper(cfg, is_train=True,
+                               augmentations=build_augmentation(cfg, is_train=False))
+        return build_detection_test_loader(cfg, list(cfg.DATASETS.TEST), mapper=mapper)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str):
+        """The evaluator of ``dataset_name``; implement it in a subclass (train_net.py's
+        ``Trainer`` does), or pass ``evaluators`` to :meth:`test`."""
+        raise NotImplementedError(
+            f"{cls.__name__}.build_evaluator is not implemented, so dataset '{dataset_name}' "
+            "cannot be evaluated. Subclass DefaultTrainer and implement build_evaluator (see "
+            "train_net.py), or pass evaluators to DefaultTrainer.test."
+        )
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None) -> Dict[str, Any]:
+        """Evaluate ``model`` on every dataset of DATASETS.TEST.
+
+        Args:
+            cfg: the config.
+            model: the model (evaluated in eval mode, then put back in its mode).
+            evaluators: None (``build_evaluator`` per dataset), one evaluator, or a list with
+                one per dataset of DATASETS.TEST.
+
+        Returns:
+            ``{dataset name: results}``, or the results themselves when there is one dataset.
+            A dataset without an evaluator gets ``{}`` (with a warning).
+        """
+        log = logging.getLogger(__name__)
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(cfg.DATASETS.TEST) != len(evaluators):
+            raise ValueError(
+                f"DefaultTrainer.test got {len(evaluators)} evaluator(s) for "
+                f"{len(cfg.DATASETS.TEST)} dataset(s) in DATASETS.TEST; give one per dataset."
+            )
+        results: Dict[str, Any] = OrderedDict()
+        for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            if evaluators is not None:
+                evaluator = evaluators[idx]
+            else:
+                try:
+                    evaluator = cls.build_evaluator(cfg, dataset_name)
+                except NotImplementedError as err:
+                    log.warning("No evaluator for dataset '%s' (%s); skipping it.",
+                                dataset_name, err)
+                    results[dataset_name] = {}
+                    continue
+            results_i = inference_on_dataset(model, data_loader, evaluator)
+            results[dataset_name] = results_i
+            if comm.is_main_process():
+                if not isinstance(results_i, dict):
+                    raise TypeError(
+                        f"The evaluator of '{dataset_name}' returned {type(results_i).__name__}; "
+                        "DatasetEvaluator.evaluate() must return a dict on the main process."
+                    )
+                log.info("Evaluation results for %s in csv format:", dataset_name)
+                print_csv_format(results_i)
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return results
+
+    @staticmethod
+    def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
+        """Scale the batch size, learning rate and schedule from SOLVER.REFERENCE_WORLD_SIZE
+        to ``num_workers`` processes, following the linear scaling rule.
+
+        With reference world size R (0: disabled) and scale ``s = num_workers / R``:
+        IMS_PER_BATCH and BASE_LR are multiplied by ``s``; MAX_ITER, WARMUP_ITERS, STEPS,
+        TEST.EVAL_PERIOD and CHECKPOINT_PERIOD are divided by ``s`` (rounded); REFERENCE_WORLD_SIZE
+        becomes ``num_workers``. So the per-process batch stays the same, and so do the number
+        of epochs and the schedule in epochs.
+
+        Returns:
+            ``cfg`` itself when R is 0 or already ``num_workers``; else a scaled copy (frozen if
+            ``cfg`` was).
+        """
+        old_world_size = cfg.SOLVER.REFERENCE_WORLD_SIZE
+        if old_world_size == 0 or old_world_size == num_workers:
+            return cfg
+        if cfg.SOLVER.IMS_PER_BATCH % old_world_size != 0:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by "
+                f"SOLVER.REFERENCE_WORLD_SIZE ({old_world_size}): it is the total batch of that "
+                "many processes."
+            )
+        cfg = cfg.clone()
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        scale = num_workers / old_world_size
+        solver = cfg.SOLVER
+        solver.IMS_PER_BATCH = int(round(solver.IMS_PER_BATCH * scale))
+        solver.BASE_LR = solver.BASE_LR * scale
+        solver.MAX_ITER = int(round(solver.MAX_ITER / scale))
+        solver.WARMUP_ITERS = int(round(solver.WARMUP_ITERS / scale))
+        solver.STEPS = tuple(int(round(s / scale)) for s in solver.STEPS)
+        solver.CHECKPOINT_PERIOD = int(round(solver.CHECKPOINT_PERIOD / scale))
+        cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
+        solver.REFERENCE_WORLD_SIZE = num_workers  # the scaled config describes this world
+        logging.getLogger(__name__).info(
+            "Auto-scaling the config to %d processes (reference %d): IMS_PER_BATCH=%d, "
+            "BASE_LR=%g, MAX_ITER=%d, WARMUP_ITERS=%d, STEPS=%s.", num_workers, old_world_size,
+            solver.IMS_PER_BATCH, solver.BASE_LR, solver.MAX_ITER, solver.WARMUP_ITERS,
+            solver.STEPS)
+        if frozen:
+            cfg.freeze()
+        return cfg

@@ -1,0 +1,274 @@
+"""``train_net.py`` end to end on CPU: the command line, projects, evaluators, two gloo
+processes against a single-process evaluation, and kill-and-resume.
+
+The end-to-end runs use the registered ``shapes_train`` / ``shapes_val`` names with small splits
+(8 and 4 images of ~128 px) prepared beforehand under a temporary datasets root
+(``SEGTRON_DATASETS``): the registered splits use whatever complete split they find there, as
+``datasets/prepare_shapes.py --num-train N`` documents for users.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from segtron.config import get_cfg
+from segtron.data import DatasetCatalog, MetadataCatalog
+from segtron.data.datasets.shapes import prepare_shapes_split, register_shapes_instances
+from segtron.modeling import build_model
+from segtron.solver import build_lr_scheduler
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_NET = os.path.join(REPO, "train_net.py")
+TINY_CONFIG = os.path.join(REPO, "configs", "Shapes", "tiny_mask_rcnn_R_50_FPN.yaml")
+# Smaller inputs than the tiny config's, every detection kept (so the evaluations compare real
+# predictions, even of an untrained model) and a fixed seed.
+SMALL = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
+         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160",
+         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "SEED", "3", "MODEL.DEVICE", "cpu"]
+
+sys.path.insert(0, REPO)
+import train_net  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shapes_env(tmp_path_factory):
+    """Environment for train_net subprocesses: small shapes splits under a temporary root."""
+    root = tmp_path_factory.mktemp("datasets")
+    prepare_shapes_split(str(root / "shapes"), "train", 8, 0, image_size=128, num_workers=1)
+    prepare_shapes_split(str(root / "shapes"), "val", 4, 1, image_size=128, num_workers=1)
+    env = dict(os.environ, SEGTRON_DATASETS=str(root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("PYTHONHASHSEED", None)
+    return env
+
+
+def _run(argv, env, cwd, script=TRAIN_NET, timeout=300):
+    result = subprocess.run([sys.executable, script, *argv], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"train_net {argv} failed:\n{result.stdout[-3000:]}\n" \
+                                   f"{result.stderr[-6000:]}"
+    return result
+
+
+def _metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _copypaste(log_file):
+    """The "copypaste:" result lines of a log (print_csv_format's output)."""
+    with open(log_file, encoding="utf-8") as f:
+        return [line.split("copypaste:", 1)[1].strip() for line in f if "copypaste:" in line]
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def test_help_lists_detectron2_flags():
+    result = subprocess.run([sys.executable, TRAIN_NET, "--help"], capture_output=True,
+                            text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--config-file", "--resume", "--eval-only", "--num-gpus", "--num-machines",
+                 "--machine-rank", "--dist-url", "opts", "--num-machines 2"):
+        assert flag in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_on_a_cpu_machine_fails_before_launch_suggesting_cpu(capsys):
+    with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
+        train_net.invoke_main(["--num-gpus", "2", "--config-file", TINY_CONFIG,
+                               "MODEL.DEVICE", "cuda"])
+
+
+def _args(*argv):
+    return train_net.default_argument_parser().parse_args(list(argv))
+
+
+def test_projects_are_loaded_and_add_their_config_keys():
+    assert "projects.simple_mask_head" in [p.__name__ for p in train_net.PROJECTS]
+    cfg = train_net.build_config(_args(
+        "--config-file", TINY_CONFIG, "MODEL.ROI_MASK_HEAD.NAME", "SimpleMaskHead",
+        "MODEL.SIMPLE_MASK_HEAD.DEPTHWISE", "False"))
+    assert cfg.MODEL.SIMPLE_MASK_HEAD.DEPTHWISE is False
+    head = build_model(cfg).roi_heads.mask_head
+    assert type(head).__name__ == "SimpleMaskHead"
+    assert train_net.launch_backend(cfg) == "gloo"
+
+
+def test_simple_mask_head_trains_with_the_standard_loss():
+    cfg = train_net.build_config(_args("--config-file", TINY_CONFIG,
+                                       "MODEL.ROI_MASK_HEAD.NAME", "SimpleMaskHead"))
+    head = build_model(cfg).roi_heads.mask_head
+    logits = head.layers(torch.zeros(3, 32, 14, 14))
+    assert logits.shape == (3, 5, 28, 28)
+    assert any(type(m).__name__ == "DepthwiseSeparableConv2d" for m in head.modules())
+
+
+def test_load_projects_imports_packages_and_skips_other_entries(tmp_path, monkeypatch):
+    plugins = tmp_path / "st_test_plugins"
+    (plugins / "alpha").mkdir(parents=True)
+    (plugins / "alpha" / "__init__.py").write_text("LOADED = True\n"
+                                                   "def add_config(cfg):\n    pass\n")
+    (plugins / "not_a_package").mkdir()
+    (plugins / "_private").mkdir()
+    (plugins / "_private" / "__init__.py").write_text("raise RuntimeError('must not load')\n")
+    (plugins / "broken").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        (plugins / "broken" / "__init__.py").write_text("import does_not_exist_anywhere\n")
+        with pytest.raises(ImportError, match="project 'broken'"):
+            train_net.load_projects(str(plugins))
+        (plugins / "broken" / "__init__.py").write_text("")
+        modules = train_net.load_projects(str(plugins))
+        assert [m.__name__ for m in modules] == ["st_test_plugins.alpha", "st_test_plugins.broken"]
+        assert modules[0].LOADED
+    finally:
+        for name in [n for n in sys.modules if n.startswith("st_test_plugins")]:
+            del sys.modules[name]
+
+
+def test_build_evaluator_by_evaluator_type(tmp_path):
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    register_shapes_instances("st_test_coco_eval", str(tmp_path / "shapes"), "val", 2, 0,
+                              image_size=64)
+    DatasetCatalog.register("st_test_weird_eval", lambda: [])
+    MetadataCatalog.get("st_test_weird_eval").evaluator_type = "weird"
+    try:
+        evaluator = train_net.Trainer.build_evaluator(cfg, "st_test_coco_eval")
+        assert type(evaluator).__name__ == "COCOEvaluator"
+        with pytest.raises(NotImplementedError, match="st_test_weird_eval.*'weird'.*train_net"):
+            train_net.Trainer.build_evaluator(cfg, "st_test_weird_eval")
+    finally:
+        for name in ("st_test_coco_eval", "st_test_weird_eval"):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_and_evaluate_like_one(shapes_env, tmp_path):
+    """--num-gpus 2 on CPU: 2 gloo processes train (DDP), compute validation losses and
+    evaluate; rank 0 alone writes metrics.json; the distributed evaluation equals a 1-process
+    --eval-only run of the saved model_final.pth."""
+    out = tmp_path / "dist"
+    _run(["--num-gpus", "2", "--dist-url", "auto", "--config-file", TINY_CONFIG, *SMALL,
+          "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "100",
+          "TEST.VAL_LOSS_PERIOD", "6"],
+         shapes_env, tmp_path)
+    assert (out / "log.txt.rank1").exists()
+    assert "World size: 2" in (out / "log.txt").read_text()
+    assert os.listdir(out).count("metrics.json") == 1
+    metrics = _metrics(out)
+    train_entries = [m for m in metrics if "total_loss" in m]
+    eval_entries = [m for m in metrics if "bbox/AP" in m]
+    # One writer: each iteration once (the last one, 11: period 20 > 12 iterations).
+    assert [m["iteration"] for m in train_entries] == [11]
+    assert len(eval_entries) == 1
+    # ValidationLoss ran on both processes (it gathers) at iteration 5 and after training.
+    assert [m["iteration"] for m in metrics if "val_total_loss" in m] == [5, 12]
+    dist_results = _copypaste(out / "log.txt")
+    ap_rows = [line for line in dist_results if line[:1].isdigit()]
+    assert len(ap_rows) == 2 and all(row.split(",")[0] != "nan" for row in ap_rows)
+
+    single = tmp_path / "single"
+    _run(["--eval-only", "--config-file", TINY_CONFIG, *SMALL, "OUTPUT_DIR", str(single),
+          "MODEL.WEIGHTS", str(out / "model_final.pth")], shapes_env, tmp_path)
+    assert _copypaste(single / "log.txt") == dist_results
+    with open(out / "inference" / "coco_instances_results.json") as f:
+        dist_predictions = json.load(f)
+    with open(single / "inference" / "coco_instances_results.json") as f:
+        single_predictions = json.load(f)
+    key = lambda p: (p["image_id"], -p["score"], p["bbox"])  # noqa: E731
+    assert len(dist_predictions) == len(single_predictions) > 0
+    for a, b in zip(sorted(dist_predictions, key=key), sorted(single_predictions, key=key)):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
+
+
+_WRITE_EVERY_ITERATION = '''
+"""train_net.py whose Trainer writes metrics.json at every iteration (to see each LR)."""
+import sys
+sys.path.insert(0, {repo!r})
+import train_net
+from segtron.engine import hooks
+
+
+class Trainer(train_net.Trainer):
+    def build_hooks(self):
+        return [hooks.PeriodicWriter(self.build_writers(), period=1)
+                if isinstance(h, hooks.PeriodicWriter) else h for h in super().build_hooks()]
+
+
+train_net.Trainer = Trainer
+if __name__ == "__main__":
+    train_net.invoke_main()
+'''
+
+
+def _uninterrupted_lrs(opts):
+    """The LR at each iteration of an uninterrupted run with these overrides."""
+    cfg = train_net.build_config(_args("--config-file", TINY_CONFIG, *opts))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(cfg.SOLVER.MAX_ITER):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_complete_checkpoint(shapes_env, tmp_path):
+    """SIGKILL once model_0000009.pth is the last checkpoint; --resume continues at iteration
+    10 on the uninterrupted LR schedule, ignoring a half-written and a stray checkpoint file."""
+    script = tmp_path / "train_every_iter.py"
+    script.write_text(_WRITE_EVERY_ITERATION.format(repo=REPO))
+    out = tmp_path / "out"
+    opts = [*SMALL, "OUTPUT_DIR", str(out), "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "16",
+            "SOLVER.CHECKPOINT_PERIOD", "5", "SOLVER.WARMUP_ITERS", "6", "SOLVER.STEPS", "(12,)"]
+    argv = [sys.executable, str(script), "--config-file", TINY_CONFIG, *opts]
+
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=shapes_env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            last = out / "last_checkpoint"
+            while not (last.exists() and last.read_text() == "model_0000009.pth"):
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+                assert time.monotonic() < deadline, "no model_0000009.pth in time"
+                time.sleep(0.1)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model_final.pth").exists()
+    before = _metrics(out)
+    # What a crash mid-save leaves: a partial temp file; plus a corrupt file nobody points to.
+    (out / "model_0000014.pth.tmp").write_bytes(b"\x80half-written")
+    (out / "model_0000012.pth").write_bytes(b"garbage")
+
+    _run(["--resume", "--config-file", TINY_CONFIG, *opts], shapes_env, tmp_path,
+         script=str(script))
+    log = (out / "log.txt").read_text()
+    assert "Starting training from iteration 10" in log
+    assert "model_0000009.pth" in log and "model_0000012.pth" not in log
+    after = _metrics(out)[len(before):]
+    assert [m["iteration"] for m in after] == list(range(10, 16))
+    expected = _uninterrupted_lrs(opts)
+    for entry in before + after:
+        assert entry["lr"] == pytest.approx(expected[entry["iteration"]], rel=1e-9, abs=0)
+    assert [m["iteration"] for m in before][:10] == list(range(10))
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert state["iteration"] == 15

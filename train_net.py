@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Train or evaluate any segtron model from a config: segtron's ``tools/train_net.py``.
+
+    python train_net.py --config-file configs/Shapes/tiny_mask_rcnn_R_50_FPN.yaml
+    python train_net.py --config-file cfg.yaml --num-gpus 8
+    python train_net.py --config-file cfg.yaml --num-gpus 2 MODEL.DEVICE cpu    # 2 CPU processes
+    python train_net.py --config-file cfg.yaml --resume                         # continue
+    python train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+
+Every package under ``projects/`` (a directory with an ``__init__.py``) is imported first, in
+every process: a project registers its components on import, and may define
+``add_config(cfg)``, which is called on the default config before the config file is merged,
+so the project's keys exist. See ``projects/README.md``.
+
+Detectron2-style scripts subclass ``Trainer`` (or ``DefaultTrainer``) to change what is built;
+this file is meant to be copied and edited as much as to be run.
+"""
+
+import importlib
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+if REPO_ROOT not in sys.path:  # runnable as `python train_net.py` without installing segtron
+    sys.path.insert(0, REPO_ROOT)
+
+import torch  # noqa: E402
+
+from segtron.checkpoint import DetectionCheckpointer  # noqa: E402
+from segtron.config import CfgNode, get_cfg  # noqa: E402
+from segtron.data import MetadataCatalog  # noqa: E402
+from segtron.engine.defaults import (  # noqa: E402
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+)
+from segtron.engine.launch import launch  # noqa: E402
+from segtron.evaluation import COCOEvaluator, verify_results  # noqa: E402
+from segtron.utils import comm  # noqa: E402
+
+logger = logging.getLogger("segtron.train_net")
+
+PROJECTS_DIR = os.path.join(REPO_ROOT, "projects")
+
+
+def load_projects(projects_dir: str = PROJECTS_DIR) -> List[Any]:
+    """Import every package directly under ``projects_dir`` (sorted by name) and return them.
+
+    A package is a subdirectory holding an ``__init__.py``; it is imported as
+    ``projects.<name>``, which runs its registrations. Importing twice is harmless (Python
+    caches modules).
+    """
+    modules = []
+    if not os.path.isdir(projects_dir):
+        return modules
+    parent = os.path.dirname(os.path.abspath(projects_dir))
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    package = os.path.basename(os.path.normpath(projects_dir))
+    for name in sorted(os.listdir(projects_dir)):
+        if name.startswith((".", "_")):
+            continue
+        if not os.path.isfile(os.path.join(projects_dir, name, "__init__.py")):
+            continue
+        try:
+            modules.append(importlib.import_module(f"{package}.{name}"))
+        except Exception as err:
+            raise ImportError(
+                f"Importing project '{name}' ({os.path.join(projects_dir, name)}) failed: "
+                f"{err!r}. Fix the project, or move it out of {projects_dir} to disable it."
+            ) from err
+    return modules
+
+
+# Imported at module level, so that the processes started by `launch` (which import this file
+# anew, with the "spawn" method) register the projects' components too.
+PROJECTS = load_projects()
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with evaluators chosen by each test dataset's ``evaluator_type``."""
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
+                        output_folder: Optional[str] = None):
+        """The evaluator of ``dataset_name``, from its metadata's ``evaluator_type``.
+
+        "coco" -> ``COCOEvaluator`` writing to ``<OUTPUT_DIR>/inference``. Raises
+        NotImplementedError for any other type (add a branch here, or pass evaluators to
+        ``Trainer.test``).
+        """
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+        if evaluator_type == "coco":
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        raise NotImplementedError(
+            f"No evaluator for dataset '{dataset_name}' with evaluator_type "
+            f"{evaluator_type!r} (train_net.py knows 'coco'). Set its metadata "
+            f"(MetadataCatalog.get('{dataset_name}').evaluator_type = 'coco' for COCO-style "
+            "annotations), or add a branch for your type to Trainer.build_evaluator in "
+            "train_net.py."
+        )
+
+
+def build_config(args) -> CfgNode:
+    """The config of ``args`` (not frozen): defaults, every project's ``add_config``, then
+    ``--config-file``, then the ``KEY VALUE`` overrides."""
+    cfg = get_cfg()
+    for project in PROJECTS:
+        add_config = getattr(project, "add_config", None)
+        if callable(add_config):
+            add_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(list(args.opts or []))
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    """Build and freeze the config, then ``default_setup`` (logging, output dir, seeds)."""
+    cfg = build_config(args)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args) -> Optional[Dict[str, Any]]:
+    """Evaluate (``--eval-only``) or train, in each process."""
+    cfg = setup(args)
+    if cfg.TEST.AUG.ENABLED:
+        raise NotImplementedError(
+            "TEST.AUG.ENABLED (test-time augmentation) is not available in segtron yet; set "
+            "TEST.AUG.ENABLED False."
+        )
+
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process() and not verify_results(cfg, results):
+            raise RuntimeError(
+                "The evaluation results do not match TEST.EXPECTED_RESULTS (the mismatches are "
+                "logged above)."
+            )
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def launch_backend(cfg: CfgNode) -> Optional[str]:
+    """The process-group backend for ``cfg``: "gloo" when MODEL.DEVICE is the CPU, else None
+    (NCCL when CUDA is available). Fails before any process starts when MODEL.DEVICE names
+    CUDA on a machine without it."""
+    device = torch.device(str(cfg.MODEL.DEVICE))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # build_model has the message (and the suggestion to use MODEL.DEVICE cpu).
+        from segtron.modeling.meta_arch.build import _resolve_device
+
+        _resolve_device(str(cfg.MODEL.DEVICE))
+    return "gloo" if device.type == "cpu" else None
+
+
+def invoke_main(argv: Optional[List[str]] = None) -> None:
+    """Parse the command line and run ``main`` in every process of the job."""
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    backend = launch_backend(build_config(args))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        backend=backend,
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
