@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Draw the ground truth of the training datasets, as annotated or as the model is fed.
+
+``--source annotation`` draws each raw dataset dict of ``DATASETS.TRAIN`` on its image
+(polygons / RLE masks, boxes, class names, keypoints, semantic labels). ``--source dataloader``
+draws what ``build_detection_train_loader(cfg)`` yields: the augmented image (converted back to
+RGB from ``INPUT.FORMAT``) with its ``gt_boxes``, ``gt_masks``, ``gt_keypoints`` and class names.
+One PNG per image goes to ``--output-dir``. Detectron2's ``tools/visualize_data.py``, plus
+``--num`` and ``--scale``.
+
+Example::
+
+    python tools/visualize_data.py --source dataloader --output-dir vis/ --num 8 \\
+        DATASETS.TRAIN "('shapes_train',)" MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask
+"""
+
+import argparse
+import logging
+import os
+import sys
+from collections import Counter
+from itertools import chain
+from typing import List, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # runnable as `python tools/visualize_data.py` from anywhere
+    sys.path.insert(0, REPO_ROOT)
+
+from segtron.config import get_cfg  # noqa: E402
+from segtron.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader  # noqa: E402
+from segtron.data import detection_utils as utils  # noqa: E402
+from segtron.data.build import filter_images_with_few_keypoints  # noqa: E402
+from segtron.utils.logger import setup_logger  # noqa: E402
+from segtron.utils.visualizer import VisImage, Visualizer  # noqa: E402
+
+logger = logging.getLogger("segtron.tools.visualize_data")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Draw ground-truth training data to PNG files.")
+    parser.add_argument("--source", choices=["annotation", "dataloader"], required=True,
+                        help="'annotation': the raw dataset dicts; 'dataloader': what the "
+                             "training loader feeds the model (after augmentation)")
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="config file (default: only the built-in defaults and the overrides)")
+    parser.add_argument("--output-dir", default="./", help="where the PNG files are written")
+    parser.add_argument("--show", action="store_true",
+                        help="also show each picture in a window (needs a display)")
+    parser.add_argument("--num", type=int, default=None,
+                        help="stop after this many images (default: every annotated image; the "
+                             "dataloader source runs until interrupted, as in Detectron2)")
+    parser.add_argument("--scale", type=float, default=1.0, help="output size / image size")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs, e.g. DATASETS.TRAIN "
+                             "\"('shapes_train',)\"")
+    return parser.parse_args(argv)
+
+
+def setup(args: argparse.Namespace):
+    """Build the frozen config: defaults, then ``--config-file``, then ``opts``."""
+    cfg = get_cfg()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    cfg.DATALOADER.NUM_WORKERS = 0  # read in this process: simpler, and errors show directly
+    cfg.freeze()
+    if not cfg.DATASETS.TRAIN:
+        raise SystemExit(
+            "DATASETS.TRAIN is empty: nothing to draw. Pass a --config-file that sets it, or "
+            "add the override DATASETS.TRAIN \"('shapes_train',)\"."
+        )
+    return cfg
+
+
+class _Writer:
+    """Saves (and optionally shows) pictures; a name used twice gets a ``_<k>`` suffix."""
+
+    def __init__(self, output_dir: str, show: bool):
+        self.output_dir, self.show = output_dir, show
+        self.used = Counter()
+        self.count = 0
+        os.makedirs(output_dir, exist_ok=True)
+
+    def __call__(self, vis: VisImage, stem: str) -> None:
+        k = self.used[stem]
+        self.used[stem] += 1
+        path = os.path.join(self.output_dir, f"{stem}.png" if k == 0 else f"{stem}_{k}.png")
+        vis.save(path)
+        self.count += 1
+        logger.info("Saved %s", path)
+        if self.show:
+            import cv2
+
+            cv2.imshow("segtron visualize_data", vis.get_image()[:, :, ::-1])
+            cv2.waitKey()
+
+
+def draw_dataloader(cfg, args, metadata, write: _Writer) -> None:
+    """Draw the batches of the training loader (augmented images and their ``Instances``)."""
+    if args.num is None:
+        logger.info("Drawing training batches until interrupted (Ctrl-C); use --num to stop.")
+    for batch in build_detection_train_loader(cfg):
+        for per_image in batch:
+            if args.num is not None and write.count >= args.num:
+                return
+            img = per_image["image"].permute(1, 2, 0).cpu().numpy()  # CHW -> HWC
+            img = utils.convert_image_to_rgb(img, cfg.INPUT.FORMAT)
+            vis = Visualizer(img, metadata=metadata, scale=args.scale)
+            instances = per_image.get("instances")
+            if instances is not None and len(instances) > 0:
+                class_names = metadata.get("thing_classes")  # set once the dataset is loaded
+                classes = instances.gt_classes.tolist() if instances.has("gt_classes") else None
+                labels = ([class_names[c] for c in classes] if classes and class_names
+                          else [str(c) for c in classes] if classes else None)
+                vis.overlay_instances(
+                    labels=labels,
+                    boxes=instances.get("gt_boxes") if instances.has("gt_boxes") else None,
+                    masks=instances.get("gt_masks") if instances.has("gt_masks") else None,
+                    keypoints=(instances.get("gt_keypoints") if instances.has("gt_keypoints")
+                               else None),
+                )
+            if "sem_seg" in per_image:
+                vis.draw_sem_seg(per_image["sem_seg"], area_threshold=0, alpha=0.5)
+            stem = str(per_image.get("image_id", os.path.splitext(
+                os.path.basename(per_image["file_name"]))[0]))
+            write(vis.get_output(), stem)
+
+
+def draw_annotations(cfg, args, metadata, write: _Writer) -> None:
+    """Draw the raw dataset dicts of ``DATASETS.TRAIN`` on their images."""
+    dicts = list(chain.from_iterable(DatasetCatalog.get(name) for name in cfg.DATASETS.TRAIN))
+    if cfg.MODEL.KEYPOINT_ON:
+        dicts = filter_images_with_few_keypoints(dicts, 1)
+    if args.num is not None:
+        dicts = dicts[: args.num]
+    for dic in dicts:
+        img = utils.read_image(dic["file_name"], "RGB")
+        vis = Visualizer(img, metadata=metadata, scale=args.scale)
+        write(vis.draw_dataset_dict(dic), os.path.splitext(os.path.basename(dic["file_name"]))[0])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="segtron")
+    logger.info("Arguments: %s", args)
+    cfg = setup(args)
+    write = _Writer(args.output_dir, args.show)
+    draw = draw_dataloader if args.source == "dataloader" else draw_annotations
+    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    try:
+        draw(cfg, args, metadata, write)
+    except KeyboardInterrupt:
+        logger.info("Interrupted.")
+    logger.info("Wrote %d picture(s) to %s", write.count, os.path.abspath(args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
