@@ -10,7 +10,7 @@ Polygons are flat float64 arrays ``[x0, y0, x1, y1, ...]`` in absolute image pix
 
 import itertools
 import logging
-from typing import Any, Iterator, List, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -120,7 +120,12 @@ def _boxes_tensor(boxes: Union[Boxes, torch.Tensor], count: int, who: str) -> to
 
 
 class BitMasks:
-    """Instance masks of one image as a bool (N, H, W) tensor (attribute ``tensor``)."""
+    """Instance masks of one image as a bool (N, H, W) tensor (attribute ``tensor``).
+
+    Indexing with a 1-D integer tensor (how ROI heads copy each proposal's ground-truth mask)
+    is lazy: the result remembers the source masks and the index, and only gathers the
+    (K, H, W) copy if ``tensor`` is read. ``crop_and_resize`` pools straight from the source.
+    """
 
     def __init__(self, tensor: Union[torch.Tensor, np.ndarray]):
         """Args:
@@ -137,7 +142,35 @@ class BitMasks:
                 "tensor[None] for a single mask or torch.empty(0, H, W) for none."
             )
         self.image_size = data.shape[1:]
-        self.tensor = data
+        self._tensor: Optional[torch.Tensor] = data
+        self._source: Optional[torch.Tensor] = None
+        self._index: Optional[torch.Tensor] = None
+
+    @classmethod
+    def _gathered(cls, source: torch.Tensor, index: torch.Tensor) -> "BitMasks":
+        """``BitMasks(source[index])`` without gathering until ``tensor`` is read."""
+        masks = cls.__new__(cls)
+        masks.image_size = source.shape[1:]
+        masks._tensor, masks._source, masks._index = None, source, index
+        return masks
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The (N, H, W) bool masks (gathered on first access after a lazy index)."""
+        if self._tensor is None:
+            self._tensor = self._source[self._index]
+            self._source = self._index = None
+        return self._tensor
+
+    @tensor.setter
+    def tensor(self, value: torch.Tensor) -> None:
+        self._tensor, self._source, self._index = value, None, None
+
+    def _source_and_index(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(source masks (M, H, W), index (N,)) such that ``tensor == source[index]``."""
+        if self._tensor is None:
+            return self._source, self._index
+        return self._tensor, torch.arange(self._tensor.shape[0], device=self._tensor.device)
 
     def to(self, *args: Any, **kwargs: Any) -> "BitMasks":
         """Return a copy moved as by ``Tensor.to`` (stays bool)."""
@@ -146,10 +179,14 @@ class BitMasks:
     @property
     def device(self) -> torch.device:
         """Device of the mask tensor."""
-        return self.tensor.device
+        return (self._source if self._tensor is None else self._tensor).device
 
     def __getitem__(self, item: Any) -> "BitMasks":
         """Index masks (int -> 1 mask, slice, bool mask or index tensor); always (K, H, W)."""
+        if (isinstance(item, torch.Tensor) and item.dim() == 1 and not item.is_floating_point()
+                and item.dtype != torch.bool):
+            source, index = self._source_and_index()
+            return BitMasks._gathered(source, index[item.to(index.device)])
         if _is_integer_index(item):
             return BitMasks(self.tensor[item].unsqueeze(0))
         selected = self.tensor[item]
@@ -165,7 +202,7 @@ class BitMasks:
         yield from self.tensor
 
     def __len__(self) -> int:
-        return self.tensor.shape[0]
+        return (self._index if self._tensor is None else self._tensor).shape[0]
 
     def __repr__(self) -> str:
         return f"BitMasks(num_instances={len(self)})"
@@ -248,11 +285,14 @@ class BitMasks:
             (N, M, M) bool tensor on the masks' device.
         """
         boxes = _boxes_tensor(boxes, len(self), "BitMasks.crop_and_resize")
-        device = self.tensor.device
-        batch_index = torch.arange(len(boxes), device=device, dtype=torch.float32)[:, None]
+        # Pool from the source masks with each ROI's batch index pointing at its mask: no
+        # per-box copy of a full-image mask (after a lazy index the source is just the gt).
+        source, index = self._source_and_index()
+        device = source.device
+        batch_index = index.to(device=device, dtype=torch.float32)[:, None]
         rois = torch.cat([batch_index, boxes.to(device=device, dtype=torch.float32)], dim=1)
         pooled = roi_align(
-            self.tensor.to(dtype=torch.float32)[:, None],
+            source.to(dtype=torch.float32)[:, None],
             rois,
             output_size=(mask_size, mask_size),
             spatial_scale=1.0,

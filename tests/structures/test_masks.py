@@ -297,3 +297,22 @@ def test_roi_masks_container_and_paste_contract(monkeypatch):
     assert via_bitmasks.tensor.shape == (3, 12, 10) and calls[-1][3] == 0.5
     with pytest.raises(TypeError, match="boxes"):
         BitMasks.from_roi_masks(rm, 12, 10)
+
+
+def test_bitmasks_index_tensor_is_lazy_and_exact():
+    g = torch.Generator().manual_seed(11)
+    source = torch.rand(4, 40, 50, generator=g) > 0.6
+    masks = BitMasks(source)
+    index = torch.tensor([3, 0, 0, 2, 3, 1, 2])
+    picked = masks[index]
+    assert picked._tensor is None  # nothing gathered yet
+    assert len(picked) == 7 and picked.device == source.device
+    boxes = torch.tensor([[2.3, 4.1, 30.2, 33.0], [0.0, 0.0, 50.0, 40.0], [10.5, 3.2, 11.9, 9.9],
+                          [-5.0, -3.0, 20.0, 45.0], [40.2, 30.1, 55.0, 44.0], [7.0, 7.0, 8.0, 8.0],
+                          [1.0, 2.0, 49.0, 39.0]])
+    expected = BitMasks(source[index]).crop_and_resize(boxes, 28)
+    assert torch.equal(picked.crop_and_resize(boxes, 28), expected)
+    nested = picked[torch.tensor([6, 1])]
+    assert torch.equal(nested.tensor, source[torch.tensor([2, 0])])
+    assert torch.equal(picked.tensor, source[index])  # gathered on first access
+    assert picked._tensor is not None and picked._source is None
