@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Draw saved instance predictions next to the ground truth, one PNG per image.
+"""Draw saved instance predictions next to the ground truth, one PNG per image, or the
+predictions of many images tiled into one PNG.
 
 Reads a COCO-format results file (``coco_instances_results.json``, as written by
 ``COCOEvaluator``: a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score",
@@ -8,10 +9,15 @@ maps their dataset category ids back to contiguous class ids through the dataset
 writes, for each image of ``--dataset``, predictions (left) beside the ground truth (right) into
 ``--output``. Detectron2's ``tools/visualize_json_results.py``, plus ``--num`` and ``--scale``.
 
+With ``--grid PATH`` it instead writes one PNG tiling the predictions (no ground truth) of the
+first ``--num`` images (default 16), ``--columns`` per row, each captioned with its image id.
+
 Example::
 
     python tools/visualize_json_results.py --input output/inference/coco_instances_results.json \\
         --output vis_results/ --dataset shapes_val --conf-threshold 0.5 --num 20
+    python tools/visualize_json_results.py --input output/inference/coco_instances_results.json \\
+        --grid predictions.png --dataset shapes_val --num 12 --columns 4
 """
 
 import argparse
@@ -36,24 +42,42 @@ from segtron.structures import Boxes, BoxMode, Instances  # noqa: E402
 from segtron.utils.file_io import PathManager  # noqa: E402
 from segtron.utils.logger import setup_logger  # noqa: E402
 from segtron.utils.visualizer import Visualizer  # noqa: E402
+from segtron.utils.visualizer_grid import tile_images  # noqa: E402
 
 logger = logging.getLogger("segtron.tools.visualize_json_results")
+
+DEFAULT_GRID_NUM = 16  # images in a --grid picture without --num
+GRID_GAP = 4  # white pixels between the tiles of a --grid picture
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Draw predictions from a COCO results JSON beside the ground truth.")
+        description="Draw predictions from a COCO results JSON beside the ground truth (one "
+                    "PNG per image, --output) or tiled into one PNG (--grid).")
     parser.add_argument("--input", required=True, help="COCO results json (list of predictions)")
-    parser.add_argument("--output", required=True, help="output directory for the PNG files")
+    parser.add_argument("--output", default=None,
+                        help="output directory for one PNG per image (predictions | ground truth)")
+    parser.add_argument("--grid", metavar="PATH", default=None,
+                        help="write one PNG tiling the predictions of the first --num images "
+                             "(default 16), instead of or besides --output")
+    parser.add_argument("--columns", type=int, default=4,
+                        help="images per row of the --grid picture (default 4)")
     parser.add_argument("--dataset", default="coco_2017_val",
                         help="registered dataset the predictions were made on")
     parser.add_argument("--conf-threshold", type=float, default=0.5,
                         help="draw predictions scoring above this")
     parser.add_argument("--num", type=int, default=None,
-                        help="stop after this many images (default: all)")
+                        help="stop after this many images (default: all; 16 with --grid)")
     parser.add_argument("--scale", type=float, default=1.0,
-                        help="size of each half of the output relative to the image")
-    return parser.parse_args(argv)
+                        help="size of each picture relative to the image")
+    args = parser.parse_args(argv)
+    if args.output is None and args.grid is None:
+        parser.error("give --output DIR (one PNG per image) and/or --grid PATH (one tiled PNG)")
+    if args.columns < 1:
+        parser.error(f"--columns must be at least 1, got {args.columns}")
+    if args.num is not None and args.num < 1:
+        parser.error(f"--num must be at least 1, got {args.num}")
+    return args
 
 
 def dataset_id_mapper(dataset_name: str, metadata) -> Callable[[int], int]:
@@ -126,24 +150,47 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         logger.warning("%d image id(s) of %s are not in dataset '%s' (e.g. %s); they are skipped.",
                        len(unknown), args.input, args.dataset, sorted(unknown, key=str)[:5])
-    if args.num is not None:
-        dicts = dicts[: args.num]
+    num_files = (len(dicts) if args.num is None else args.num) if args.output else 0
+    num_grid = (DEFAULT_GRID_NUM if args.num is None else args.num) if args.grid else 0
+    dicts = dicts[: max(num_files, num_grid)]
 
-    os.makedirs(args.output, exist_ok=True)
-    for dic in dicts:
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+    tiles: List[np.ndarray] = []
+    captions: List[str] = []
+    for index, dic in enumerate(dicts):
         img = read_image(dic["file_name"], "RGB")
         preds = create_instances(by_image.get(dic["image_id"], []), img.shape[:2],
                                  args.conf_threshold, to_contiguous)
-        pred_vis = Visualizer(img, metadata, scale=args.scale).draw_instance_predictions(preds)
-        gt_vis = Visualizer(img, metadata, scale=args.scale).draw_dataset_dict(dic)
-        both = np.concatenate([pred_vis.get_image(), gt_vis.get_image()], axis=1)
-        stem = os.path.splitext(os.path.basename(dic["file_name"]))[0]
-        path = os.path.join(args.output, f"{stem}.png")
-        with PathManager.open(path, "wb") as f:
-            Image.fromarray(both).save(f, format="PNG")
-        logger.info("Saved %s (%d predictions above %.2f)", path, len(preds),
-                    args.conf_threshold)
-    logger.info("Wrote %d picture(s) to %s", len(dicts), os.path.abspath(args.output))
+        pred_image = Visualizer(img, metadata, scale=args.scale).draw_instance_predictions(
+            preds).get_image()
+        if index < num_grid:
+            tiles.append(pred_image)
+            captions.append(f"image {dic['image_id']} \u00b7 {len(preds)} prediction"
+                            + ("" if len(preds) == 1 else "s"))
+        if index < num_files:
+            gt_vis = Visualizer(img, metadata, scale=args.scale).draw_dataset_dict(dic)
+            both = np.concatenate([pred_image, gt_vis.get_image()], axis=1)
+            stem = os.path.splitext(os.path.basename(dic["file_name"]))[0]
+            path = os.path.join(args.output, f"{stem}.png")
+            with PathManager.open(path, "wb") as f:
+                Image.fromarray(both).save(f, format="PNG")
+            logger.info("Saved %s (%d predictions above %.2f)", path, len(preds),
+                        args.conf_threshold)
+    if args.output:
+        logger.info("Wrote %d picture(s) to %s", min(num_files, len(dicts)),
+                    os.path.abspath(args.output))
+    if args.grid:
+        if not tiles:
+            raise SystemExit(f"Dataset '{args.dataset}' has no images: nothing to tile.")
+        sheet = tile_images(tiles, args.columns, captions=captions, gap=GRID_GAP)
+        directory = os.path.dirname(args.grid)
+        if directory:
+            PathManager.mkdirs(directory)
+        with PathManager.open(args.grid, "wb") as f:
+            Image.fromarray(sheet).save(f, format="PNG")
+        logger.info("Wrote a grid of %d image(s) (%dx%d pixels) to %s", len(tiles),
+                    sheet.shape[1], sheet.shape[0], os.path.abspath(args.grid))
     return 0
 
 
