@@ -12,6 +12,8 @@ from typing import List, Optional, Tuple
 
 from tabulate import tabulate
 
+from segtron.utils.env import available_cpu_cores
+
 __all__ = ["collect_env_info"]
 
 _NOT_FOUND = "not found"
@@ -57,11 +59,8 @@ def _version_and_path(module, dist_name: Optional[str] = None) -> str:
 
 def _cpu_count() -> str:
     total = os.cpu_count()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
-    if usable is not None and usable != total:
+    usable = available_cpu_cores()
+    if total and usable != total:
         return f"{usable} (of {total})"
     return str(total)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "available_cpu_cores",
     "seed_all_rng",
     "TORCH_VERSION",
     "setup_environment",
@@ -45,6 +46,15 @@ DOC_BUILDING = bool(os.getenv("_DOC_BUILDING", ""))
 _ENV_MODULE_VARS = ("SEGTRON_ENV_MODULE", "DETECTRON2_ENV_MODULE")
 _DISABLE_CV2_VARS = ("SEGTRON_DISABLE_CV2", "DETECTRON2_DISABLE_CV2")
 _ENV_SETUP_DONE = False
+
+
+def available_cpu_cores() -> int:
+    """The number of CPU cores this process may run on (its affinity mask where the OS has
+    one, else ``os.cpu_count()``); at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _generated_seed() -> int:

@@ -1,6 +1,7 @@
 """seed_all_rng reproducibility, TORCH_VERSION, and setup_environment's custom module hook."""
 
 import logging
+import os
 import random
 
 import numpy as np
@@ -41,6 +42,15 @@ def test_seed_all_rng_generated_seed(seed, caplog):
     first = _draws()
     seed_all_rng(used)  # the returned seed reproduces the run
     assert _draws() == first
+
+
+def test_available_cpu_cores_is_the_affinity_mask(monkeypatch):
+    assert env.available_cpu_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert env.available_cpu_cores() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert env.available_cpu_cores() == 1
 
 
 def test_torch_version():

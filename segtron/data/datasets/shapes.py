@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import cv2
 
 from ..catalog import DatasetCatalog, MetadataCatalog
+from ...utils.env import available_cpu_cores
 from .root import get_datasets_root
 from .shapes_drawing import (
     SHAPES_CLASSES,
@@ -93,11 +94,7 @@ def _generate_image(task: Tuple[int, str, int, int, str]) -> Dict[str, Any]:
 
 
 def _default_num_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    return min(available_cpu_cores(), 8)
 
 
 def _worker_init() -> None:
@@ -106,14 +103,14 @@ def _worker_init() -> None:
 
 def _iterate_images(tasks: List[Tuple], num_workers: int) -> Iterator[Dict[str, Any]]:
     """Image records in task order, from a process pool when it pays off (not in a daemon,
-    e.g. a DataLoader worker, which may not have children). Workers are forked where possible:
-    they only run numpy / OpenCV / pycocotools, and fork needs no importable ``__main__``."""
+    e.g. a DataLoader worker, which may not have children). Workers are spawned, not forked:
+    a fork of a process whose OpenCV or OpenMP thread pools are running can inherit a held lock
+    and hang in its first OpenCV call (seen under pytest-xdist)."""
     if num_workers <= 1 or len(tasks) < 16 or mp.current_process().daemon:
         for task in tasks:
             yield _generate_image(task)
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(num_workers, initializer=_worker_init) as pool:
+    with mp.get_context("spawn").Pool(num_workers, initializer=_worker_init) as pool:
         yield from pool.imap(_generate_image, tasks, chunksize=4)
 
 
