@@ -6,7 +6,9 @@
 * world size > 1: in ``num_gpus_per_machine`` child processes started with the "spawn" method,
   each of which joins a ``torch.distributed`` process group (NCCL when the processes use GPUs,
   gloo otherwise, e.g. ``--num-gpus 2 MODEL.DEVICE cpu``), creates the per-machine group used by
-  ``comm.get_local_rank()`` and, on GPUs, selects device ``local_rank``;
+  ``comm.get_local_rank()`` and, on GPUs, selects device ``local_rank``; CPU (gloo) processes
+  share the machine's cores: each runs ``cores // processes`` threads unless
+  ``OMP_NUM_THREADS`` is set;
 * under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
   ``MASTER_PORT`` set): never spawns; this process joins the group described by the environment
   (``init_method="env://"``) and calls ``main_func`` itself.
@@ -25,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from segtron.utils import comm
+from segtron.utils.env import available_cpu_cores
 
 __all__ = ["DEFAULT_TIMEOUT", "launch"]
 
@@ -180,9 +183,25 @@ def _distributed_worker(
             "machine, the port is free (an orphan process from an earlier run may hold it), and "
             "every machine uses the same --num-machines / --num-gpus."
         ) from err
+    if backend == "gloo":
+        _share_cpu_threads(num_gpus_per_machine)
     _after_init(num_gpus_per_machine, local_rank, backend)
     main_func(*args)
     _finish()
+
+
+def _share_cpu_threads(processes_per_machine: int) -> None:
+    """Give each of the CPU processes on this machine an equal share of its cores.
+
+    By default every process would use one thread per core, so N processes run N times more
+    threads than cores and slow each other down. An explicit ``OMP_NUM_THREADS`` wins.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    cores = available_cpu_cores()
+    threads = max(1, cores // max(1, processes_per_machine))
+    torch.set_num_threads(threads)
+    logger.debug("CPU process: %d intra-op thread(s) of %d core(s).", threads, cores)
 
 
 def _run_under_torchrun(main_func: Callable[..., Any], num_gpus_per_machine: int,

@@ -25,6 +25,7 @@ def describe_process(out_dir: str, fail_on_rank: int = -1) -> None:
         "backend": str(dist.get_backend()),
         "all_reduce": value.item(),
         "gathered": comm.all_gather(rank),
+        "threads": torch.get_num_threads(),
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(info, f)

@@ -11,8 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from segtron.engine import launch
-from segtron.engine.launch import _find_free_port
+from segtron.engine.launch import _find_free_port, _share_cpu_threads
 from segtron.utils import comm
+from segtron.utils.env import available_cpu_cores
 
 from .launch_workers import describe_process
 
@@ -72,9 +73,10 @@ def test_under_torchrun_it_joins_the_group_from_the_environment(monkeypatch, tmp
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_and_a_failing_rank(tmp_path):
-    """Two spawned CPU processes form a gloo group (collectives, local ranks); rank 1 then
-    raises, and launch raises in the parent with that error."""
+def test_two_gloo_processes_and_a_failing_rank(tmp_path, monkeypatch):
+    """Two spawned CPU processes form a gloo group (collectives, local ranks) and share the
+    cores; rank 1 then raises, and launch raises in the parent with that error."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with pytest.raises(mp.ProcessRaisedException, match="deliberate failure on rank 1"):
         launch(describe_process, 2, dist_url="auto", args=(str(tmp_path), 1), backend="gloo")
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -84,3 +86,11 @@ def test_two_gloo_processes_and_a_failing_rank(tmp_path):
     assert all(i["backend"] == "gloo" and i["all_reduce"] == 3.0 for i in infos)
     assert all(i["gathered"] == [0, 1] for i in infos)
     assert len({i["pid"] for i in infos} | {os.getpid()}) == 3
+    assert all(i["threads"] == max(1, available_cpu_cores() // 2) for i in infos)
+
+
+def test_explicit_omp_num_threads_is_kept_by_cpu_processes(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    before = torch.get_num_threads()
+    _share_cpu_threads(8)
+    assert torch.get_num_threads() == before
