@@ -265,6 +265,74 @@ def test_naive_sync_bn_two_processes_equals_global_batchnorm(tmp_path):
             assert torch.allclose(r["running_var"], 0.9 + 0.1 * biased_var, atol=1e-6), where
 
 
+# Ranks whose feature maps differ in size (as images of different shapes do): the statistics
+# are the weighted average of each rank's own means, by definition of NaiveSyncBatchNorm.
+_UNEQUAL_SHAPES = [(2, 3, 4, 5), (3, 3, 6, 2)]
+
+
+def _unequal_inputs(rank):
+    gen = torch.Generator().manual_seed(10 + rank)
+    shape = _UNEQUAL_SHAPES[rank]
+    return torch.randn(shape, generator=gen) * 2 + 1, torch.randn(shape, generator=gen)
+
+
+def _unequal_worker(rank, world_size, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        for stats_mode in ("", "N"):
+            for channels_last in (False, True):
+                x, upstream = _unequal_inputs(rank)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                x.requires_grad_(True)
+                bn = NaiveSyncBatchNorm(3, stats_mode=stats_mode)
+                _set_affine(bn)
+                out = bn.train()(x)
+                (out * upstream).sum().backward()
+                torch.save({"out": out.detach(), "grad": x.grad, "weight_grad": bn.weight.grad,
+                            "bias_grad": bn.bias.grad, "running_var": bn.running_var},
+                           os.path.join(out_dir, f"{stats_mode or 'eq'}_{channels_last}_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _reference_unequal(stats_mode):
+    """Autograd through the defining formulas, all ranks' inputs in one process."""
+    inputs = [_unequal_inputs(rank) for rank in range(2)]
+    xs = [x.clone().requires_grad_(True) for x, _ in inputs]
+    counts = [float(x.shape[0]) for x in xs]
+    weights = [0.5, 0.5] if stats_mode == "" else [c / sum(counts) for c in counts]
+    mean = sum(w * x.mean(dim=[0, 2, 3]) for w, x in zip(weights, xs))
+    mean_sq = sum(w * (x * x).mean(dim=[0, 2, 3]) for w, x in zip(weights, xs))
+    var = mean_sq - mean * mean
+    weight = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
+    bias = torch.tensor([0.0, -1.0, 1.0], requires_grad=True)
+    view = (1, -1, 1, 1)
+    outs = [(x - mean.view(view)) * torch.rsqrt(var + 1e-5).view(view) * weight.view(view)
+            + bias.view(view) for x in xs]
+    sum((out * up).sum() for out, (_, up) in zip(outs, inputs)).backward()
+    return outs, xs, weight.grad, bias.grad, var.detach()
+
+
+@pytest.mark.slow
+def test_naive_sync_bn_ranks_of_different_sizes_match_the_defining_formulas(tmp_path):
+    if not dist.is_available():
+        pytest.skip("torch.distributed not available")
+    mp.spawn(_unequal_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for stats_mode in ("", "N"):
+        outs, xs, weight_grad, bias_grad, var = _reference_unequal(stats_mode)
+        for channels_last in (False, True):
+            where = f"stats_mode={stats_mode!r}, channels_last={channels_last}"
+            results = [torch.load(tmp_path / f"{stats_mode or 'eq'}_{channels_last}_rank{r}.pt")
+                       for r in range(2)]
+            for rank, result in enumerate(results):
+                assert torch.allclose(result["out"], outs[rank].detach(), atol=1e-5), where
+                assert torch.allclose(result["grad"], xs[rank].grad, atol=1e-5), where
+                assert torch.allclose(result["running_var"], 0.9 + 0.1 * var, atol=1e-6), where
+            assert torch.allclose(sum(r["weight_grad"] for r in results), weight_grad, atol=1e-4), where
+            assert torch.allclose(sum(r["bias_grad"] for r in results), bias_grad, atol=1e-4), where
+
+
 def test_layer_norm_channels_first():
     ln = LayerNorm(6)
     with torch.no_grad():
