@@ -20,7 +20,6 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
 import torch
-from fvcore.nn.precise_bn import get_bn_modules
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -361,7 +360,7 @@ class DefaultTrainer(TrainerBase):
         cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN / validation loaders: no worker processes
 
         ret: List[Any] = [hooks.IterationTimer(), hooks.LRScheduler()]
-        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+        if cfg.TEST.PRECISE_BN.ENABLED and hooks.get_bn_modules(self.model):
             ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
                                        self.build_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER))
         if comm.is_main_process():

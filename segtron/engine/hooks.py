@@ -15,6 +15,7 @@ import operator
 import os
 import tempfile
 import time
+import warnings
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
@@ -23,7 +24,6 @@ from fvcore.common.checkpoint import Checkpointer
 from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 from fvcore.common.param_scheduler import ParamScheduler
 from fvcore.common.timer import Timer
-from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 from torch import nn
 
 import segtron.utils.comm as comm
@@ -33,6 +33,12 @@ from segtron.utils.events import EventStorage
 from segtron.utils.file_io import PathManager
 
 from .train_loop import HookBase
+
+with warnings.catch_warnings():
+    # fvcore.nn's package import scripts a focal loss with torch.jit.script, which this torch
+    # deprecates: a FutureWarning at every start that is not the user's to act on.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 from .validation_loss import ValidationLoss
 
 __all__ = [
