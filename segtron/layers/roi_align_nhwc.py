@@ -92,15 +92,19 @@ def roi_align_nhwc(input: torch.Tensor, rois: torch.Tensor, output_size: Tuple[i
         + x_index.view(r, 1, out_w, 1, 1, max_gw, 2)
     values = (y_weight.view(r, out_h, 1, max_gh, 2, 1, 1)
               * x_weight.view(r, 1, out_w, 1, 1, max_gw, 2)) / count.view(r, 1, 1, 1, 1, 1, 1)
-    # Every (box, bin) row has the same number of taps, so CSR is built directly: rows in
-    # order, a fixed stride, zeros kept (cheaper than filtering, sorting and coalescing).
-    taps = max_gh * 2 * max_gw * 2
+    # Rows are (box, bin) in order, so CSR is built directly. Boxes share the largest box's
+    # sampling grid, so most taps of small boxes are zero: they are dropped here, which keeps
+    # the matrix small for the backward product (whose transpose sorts the non-zeros).
     num_rows = r * out_h * out_w
-    crow = torch.arange(0, (num_rows + 1) * taps, taps, device=input.device)
+    values = values.reshape(num_rows, -1)
+    keep = values != 0
+    crow = torch.zeros(num_rows + 1, dtype=torch.long, device=input.device)
+    torch.cumsum(keep.sum(dim=1), dim=0, out=crow[1:])
+    cols, values = cols.reshape(num_rows, -1)[keep], values[keep]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
         matrix = torch.sparse_csr_tensor(
-            crow, cols.reshape(-1), values.reshape(-1).to(input.dtype), (num_rows, n * h * w)
+            crow, cols, values.to(input.dtype), (num_rows, n * h * w)
         )
         features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for NHWC input
         pooled = torch.sparse.mm(matrix, features)
