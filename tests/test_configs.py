@@ -132,3 +132,55 @@ def test_detectron2_tuple_strings_in_yaml(tmp_path):
     assert cfg.DATASETS.TRAIN == ("a", "b") and cfg.DATASETS.TEST == ()
     assert cfg.SOLVER.STEPS == (10,)
     assert cfg.MODEL.WEIGHTS == "(not a tuple)"  # string keys keep strings
+
+
+SHAPES_YAML = [rel for rel in ALL_YAML if rel.startswith("Shapes/")]
+
+
+@pytest.fixture(scope="module")
+def shapes_dicts(tmp_path_factory):
+    from segtron.data.datasets.coco import load_coco_json
+    from segtron.data.datasets.shapes import generate_shapes_dataset
+
+    root = str(tmp_path_factory.mktemp("shapes"))
+    generate_shapes_dataset(root, "train", num_images=2, seed=3, num_workers=1)
+    return load_coco_json(f"{root}/annotations/instances_train.json", f"{root}/train")
+
+
+def test_shapes_configs_write_to_their_own_output_dirs():
+    """The demo and its ablation variants can be trained one after the other and compared."""
+    output_dirs = [_load(rel).OUTPUT_DIR for rel in SHAPES_YAML]
+    assert len(SHAPES_YAML) >= 4
+    assert len(set(output_dirs)) == len(output_dirs), dict(zip(SHAPES_YAML, output_dirs))
+
+
+@pytest.mark.parametrize("rel", SHAPES_YAML)
+def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
+    """Each shapes config builds its model, takes a training step's forward/backward on mapped
+    shapes images (augmentations of the config included) and predicts masks in eval mode."""
+    import torch
+
+    from segtron.data import DatasetMapper
+    from segtron.modeling import build_model
+    from segtron.utils.events import EventStorage
+
+    cfg = _load(rel)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = [DatasetMapper(cfg, is_train=True)(dict(d)) for d in shapes_dicts]
+    assert min(batch[0]["image"].shape[-2:]) in cfg.INPUT.MIN_SIZE_TRAIN
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    test_inputs = [DatasetMapper(cfg, is_train=False)(dict(d)) for d in shapes_dicts]
+    with torch.no_grad():
+        outputs = model(test_inputs)
+    for d, out in zip(shapes_dicts, outputs):
+        instances = out["instances"]
+        assert instances.image_size == (d["height"], d["width"])
+        assert instances.has("pred_masks") and len(instances) <= cfg.TEST.DETECTIONS_PER_IMAGE

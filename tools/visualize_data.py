@@ -26,7 +26,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # runnable as `python tools/visualize_data.py` from anywhere
     sys.path.insert(0, REPO_ROOT)
 
-from segtron.config import get_cfg  # noqa: E402
+import train_net  # noqa: E402  (imports projects/: their datasets and config keys)
 from segtron.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader  # noqa: E402
 from segtron.data import detection_utils as utils  # noqa: E402
 from segtron.data.build import filter_images_with_few_keypoints  # noqa: E402
@@ -57,11 +57,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def setup(args: argparse.Namespace):
-    """Build the frozen config: defaults, then ``--config-file``, then ``opts``."""
-    cfg = get_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    """Build the frozen config as train_net.py does: defaults, every project's keys, then
+    ``--config-file``, then ``opts``."""
+    cfg = train_net.build_config(args)
     cfg.DATALOADER.NUM_WORKERS = 0  # read in this process: simpler, and errors show directly
     cfg.freeze()
     if not cfg.DATASETS.TRAIN:

@@ -36,6 +36,7 @@ if REPO_ROOT not in sys.path:  # runnable as `python tools/visualize_json_result
 
 from PIL import Image  # noqa: E402
 
+import train_net  # noqa: E402, F401  (imports projects/, which may register datasets)
 from segtron.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from segtron.data.detection_utils import read_image  # noqa: E402
 from segtron.structures import Boxes, BoxMode, Instances  # noqa: E402

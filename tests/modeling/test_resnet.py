@@ -183,6 +183,22 @@ def test_resnet34_block_counts():
     assert model.res2[0].shortcut is None  # 64 -> 64: identity shortcut
 
 
+def test_basic_block_resnets_of_other_widths(caplog):
+    """segtron (not Detectron2) builds basic-block ResNets of any width but 256."""
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
+    cfg.MODEL.RESNETS.OUT_FEATURES = list(ALL_STAGES)
+    with caplog.at_level("INFO", logger="segtron.modeling.backbone.resnet"):
+        model = build(cfg)
+    assert "stage widths [32, 64, 128, 256]" in caplog.text
+    assert {k: v.channels for k, v in model.output_shape().items()} == {
+        "res2": 32, "res3": 64, "res4": 128, "res5": 256}
+    out = model(torch.randn(1, 3, 64, 64))
+    assert out["res5"].shape == (1, 256, 2, 2) and model.res2[0].shortcut is not None
+
+
 @pytest.mark.parametrize(
     "key, value",
     [("RES2_OUT_CHANNELS", 256), ("NUM_GROUPS", 2), ("RES5_DILATION", 2),

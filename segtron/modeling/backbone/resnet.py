@@ -7,6 +7,7 @@ sub-module, so parameter names are Detectron2's (``res2.0.conv1.norm.running_var
 model-zoo checkpoints load unchanged.
 """
 
+import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -35,6 +36,8 @@ __all__ = [
     "make_stage",
     "build_resnet_backbone",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Detectron2 keeps this older name for the block base class.
 ResNetBlockBase = CNNBlockBase
@@ -487,6 +490,9 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     at each later stage), STEM_OUT_CHANNELS, RES2_OUT_CHANNELS (doubled at each later stage),
     STRIDE_IN_1X1, RES5_DILATION (2: res5 keeps stride 16 and uses dilated 3x3 convs),
     DEFORM_ON_PER_STAGE, DEFORM_MODULATED, DEFORM_NUM_GROUPS, NORM and OUT_FEATURES.
+    Depths 18 and 34 use basic blocks (no NUM_GROUPS, dilation or deformable convs); unlike
+    Detectron2, which requires 64, their RES2_OUT_CHANNELS may be any width but the bottleneck
+    default 256 (refused as a likely leftover of a ResNet-50 config).
 
     Args:
         cfg: a config.
@@ -518,8 +524,18 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         )
     if depth in (18, 34):
         problems = []
-        if out_channels != 64:
-            problems.append(f"MODEL.RESNETS.RES2_OUT_CHANNELS={out_channels} must be 64")
+        if out_channels == 256:
+            # The bottleneck default: left over from a ResNet-50 config, not a chosen width.
+            problems.append(
+                "MODEL.RESNETS.RES2_OUT_CHANNELS=256 is the bottleneck default; set 64 (the "
+                "standard width, which ImageNet weights need) or the width you want")
+        elif out_channels != 64:
+            # Detectron2 accepts only 64; segtron builds thinner or wider basic-block ResNets
+            # (a thin ResNet-18 trains from scratch on a CPU, see configs/Shapes).
+            logger.info(
+                "ResNet-%d with MODEL.RESNETS.RES2_OUT_CHANNELS=%d: stage widths %s instead of "
+                "the standard 64, 128, 256, 512 (ImageNet weights will not fit).",
+                depth, out_channels, [out_channels * 2 ** i for i in range(4)])
         if any(deform_on):
             problems.append("MODEL.RESNETS.DEFORM_ON_PER_STAGE must be all False")
         if res5_dilation != 1:
