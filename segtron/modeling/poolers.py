@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.ops import RoIPool
 
 from ..layers import ROIAlign, cat, shapes_to_tensor
+from ..layers.wrappers import is_channels_last
 from ..structures import Boxes
 
 __all__ = ["ROIPooler", "assign_boxes_to_levels", "convert_boxes_to_pooler_format"]
@@ -208,7 +209,12 @@ class ROIPooler(nn.Module):
         # one synchronising nonzero per level).
         order = torch.argsort(levels, stable=True)
         counts = torch.bincount(levels, minlength=num_levels).tolist()
-        output = x[0].new_zeros((rois.shape[0], channels, out_h, out_w))
+        # Channels-last features (MODEL.CHANNELS_LAST) give channels-last pooled features: the
+        # mask head's convolutions then run NHWC too (faster on CPU); a box head that flattens
+        # reads them in the usual (C, H, W) order either way.
+        layout = torch.channels_last if is_channels_last(x[0]) else torch.contiguous_format
+        output = torch.empty((rois.shape[0], channels, out_h, out_w), dtype=x[0].dtype,
+                             device=x[0].device, memory_format=layout).zero_()
         for level, (pooler, inds) in enumerate(zip(self.level_poolers, order.split(counts))):
             # Every level is pooled, even with no boxes, so all levels stay in the graph.
             output.index_put_((inds,), pooler(x[level], rois[inds]))

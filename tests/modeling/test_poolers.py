@@ -80,6 +80,23 @@ def test_multilevel_matches_brute_force(pooler_type):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
+def test_channels_last_features_pool_to_channels_last_boxes(pooler_type):
+    """NHWC feature maps (MODEL.CHANNELS_LAST) give NHWC pooled features, so the mask head's
+    convolutions stay NHWC, with the values of the brute force and gradients reaching every
+    level."""
+    feats = [f.contiguous(memory_format=torch.channels_last).requires_grad_()
+             for f in _features(channels=8)]
+    box_lists = [Boxes(_boxes_for_all_levels(20)), Boxes(_boxes_for_all_levels(11))]
+    out = ROIPooler(7, SCALES, sampling_ratio=0, pooler_type=pooler_type)(feats, box_lists)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    plain = [f.detach().contiguous() for f in feats]
+    expected = _brute_force(plain, box_lists, (7, 7), 0, pooler_type)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+
+
 def test_matches_torchvision_multiscale_roi_align():
     feats = _features()
     names = ["p2", "p3", "p4", "p5"]
