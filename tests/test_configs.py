@@ -1,11 +1,18 @@
-"""Every YAML under configs/ merges into get_cfg(); the shipped configs hold Detectron2's values."""
+"""Every YAML under configs/ merges into get_cfg(); the shipped configs hold Detectron2's values;
+every shapes config trains and predicts."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from segtron.config import get_cfg
 from segtron.config.merge import iter_full_keys
+from segtron.data import DatasetMapper
+from segtron.data.datasets.coco import load_coco_json
+from segtron.data.datasets.shapes import generate_shapes_dataset
+from segtron.modeling import build_model
+from segtron.utils.events import EventStorage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_YAML = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
@@ -139,9 +146,7 @@ SHAPES_YAML = [rel for rel in ALL_YAML if rel.startswith("Shapes/")]
 
 @pytest.fixture(scope="module")
 def shapes_dicts(tmp_path_factory):
-    from segtron.data.datasets.coco import load_coco_json
-    from segtron.data.datasets.shapes import generate_shapes_dataset
-
+    """Dataset dicts of two generated shapes images (~256 px)."""
     root = str(tmp_path_factory.mktemp("shapes"))
     generate_shapes_dataset(root, "train", num_images=2, seed=3, num_workers=1)
     return load_coco_json(f"{root}/annotations/instances_train.json", f"{root}/train")
@@ -158,12 +163,6 @@ def test_shapes_configs_write_to_their_own_output_dirs():
 def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
     """Each shapes config builds its model, takes a training step's forward/backward on mapped
     shapes images (augmentations of the config included) and predicts masks in eval mode."""
-    import torch
-
-    from segtron.data import DatasetMapper
-    from segtron.modeling import build_model
-    from segtron.utils.events import EventStorage
-
     cfg = _load(rel)
     torch.manual_seed(0)
     model = build_model(cfg)
