@@ -4,9 +4,10 @@ Same input (one 800x1067 image) and the same weights: torchvision's random init,
 segtron with its preprocessing and pooler settings (see ``torchvision_peer.py``), so both find
 the same proposals and detections. 80 classes, FrozenBN in both backbones (what each library
 uses with pretrained weights), score threshold 0 so both return 100 detections with masks
-pasted at full resolution. segtron runs twice: by default (Detectron2's exact operations) and
-with MODEL.CHANNELS_LAST (NHWC convolutions, frozen BN folded). Reports the median
-of several interleaved runs and segtron's time as a ratio of torchvision's.
+pasted at full resolution. segtron runs three ways: by default (Detectron2's exact
+operations), with MODEL.CHANNELS_LAST (NHWC convolutions, frozen BN folded), and with that plus
+MODEL.WINOGRAD_CONV (NNPACK Winograd / GEMM convolutions in the FPN, RPN and mask head).
+Reports the median of several interleaved runs and segtron's time as a ratio of torchvision's.
 
 Run from the repository root::
 
@@ -52,9 +53,10 @@ def main(argv=None):
             out = torchvision_model(tv_input)[0]
         counts["torchvision"] = (len(out["boxes"]), tuple(out["masks"].shape[-2:]))
 
-    def segtron_runner(name, channels_last):
+    def segtron_runner(name, channels_last, winograd_conv=False):
         def run():
             segtron_model.channels_last = channels_last
+            segtron_model.winograd_conv = winograd_conv
             with torch.inference_mode():
                 out = segtron_model(st_input)[0]["instances"]
             counts[name] = (len(out), tuple(out.pred_masks.shape[-2:]))
@@ -64,6 +66,7 @@ def main(argv=None):
         "torchvision": run_torchvision,
         "segtron": segtron_runner("segtron", False),
         "segtron MODEL.CHANNELS_LAST": segtron_runner("segtron MODEL.CHANNELS_LAST", True),
+        "segtron + MODEL.WINOGRAD_CONV": segtron_runner("segtron + MODEL.WINOGRAD_CONV", True, True),
     }, repeats=args.repeats)
     print(f"Mask R-CNN R50-FPN inference, {HEIGHT}x{WIDTH}, batch 1 ({machine_line()})")
     print(f"detections and mask size: {counts}")

@@ -15,9 +15,10 @@ from .batch_norm import (
 from .deform_conv import DeformConv, ModulatedDeformConv
 from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from .mask_ops import paste_masks_in_image
-from .nms import batched_nms, nms
+from .nms import batched_nms, batched_nms_topk, nms
 from .roi_align import ROIAlign, roi_align
 from .shape_spec import ShapeSpec
+from .winograd import enable_winograd_inference, winograd_available
 from .wrappers import (
     BatchNorm2d,
     Conv2d,

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .winograd import pointwise_conv_nchw, winograd_applies, winograd_conv3x3
+
 __all__ = [
     "BatchNorm2d",
     "is_channels_last",
@@ -155,6 +157,12 @@ class Conv2d(nn.Conv2d):
       applied to its output (the same function up to float rounding, one pass less).
     - ``activation``: a callable (e.g. ``F.relu``) or None, applied after ``norm``.
 
+    Attribute ``winograd`` (default False; set by :func:`enable_winograd_inference`): during
+    CPU inference without autograd, 3x3 stride-1 convs run NNPACK's Winograd kernels and 1x1
+    stride-1 convs one matrix product, both writing NCHW outputs (see ``layers/winograd.py``);
+    elsewhere, and in training, the flag changes nothing. Without autograd a ReLU activation
+    is applied in place.
+
     ``forward(x (N, C_in, H, W)) -> (N, C_out, H', W')``. Empty batches (N=0) work in eval
     and training, forward and backward, except with a ``torch.nn.SyncBatchNorm`` norm in
     training, which cannot synchronise an empty batch and raises ``ValueError``.
@@ -166,6 +174,7 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation
+        self.winograd = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0 and self.training and isinstance(self.norm, nn.SyncBatchNorm):
@@ -175,7 +184,13 @@ class Conv2d(nn.Conv2d):
                 "with stats_mode='N') for batches that can be empty on some ranks."
             )
         fold = getattr(self.norm, "fold_into_conv", None)
-        if fold is not None and (torch.is_grad_enabled() or is_channels_last(x)):
+        if self.winograd and (fold is not None or self.norm is None) and winograd_applies(self, x):
+            weight, bias = fold(self.weight, self.bias) if fold is not None else (self.weight, self.bias)
+            if self.kernel_size == (1, 1):
+                x = pointwise_conv_nchw(x, weight, bias)
+            else:
+                x = winograd_conv3x3(x, weight, bias, self.padding)
+        elif fold is not None and (torch.is_grad_enabled() or is_channels_last(x)):
             # A norm that is an affine map per channel (FrozenBatchNorm2d) is folded into the
             # conv's weight and bias: one pass over the output instead of two. Done in training
             # and for channels-last inputs (MODEL.CHANNELS_LAST, already not bit-exact); plain
@@ -186,5 +201,14 @@ class Conv2d(nn.Conv2d):
             if self.norm is not None:
                 x = self.norm(x)
         if self.activation is not None:
-            x = self.activation(x)
+            if not torch.is_grad_enabled() and _is_relu(self.activation):
+                x = x.relu_()  # the conv's own fresh output: no copy of a large map
+            else:
+                x = self.activation(x)
         return x
+
+
+def _is_relu(activation: Callable) -> bool:
+    return activation in (F.relu, F.relu_, torch.relu, torch.relu_) or (
+        type(activation) is nn.ReLU
+    )

@@ -147,8 +147,8 @@ class FPN(Backbone):
         prev = self.lateral_convs[0](features[in_features[-1]])
         results[num - 1] = self.output_convs[0](prev)
         for i in range(1, num):
-            top_down = F.interpolate(prev, scale_factor=2.0, mode="nearest")
-            prev = self.lateral_convs[i](features[in_features[num - 1 - i]]) + top_down
+            lateral = self.lateral_convs[i](features[in_features[num - 1 - i]])
+            prev = _add_upsampled(lateral, prev)
             if self._fuse_type == "avg":
                 prev = prev * 0.5
             results[num - 1 - i] = self.output_convs[i](prev)
@@ -160,6 +160,21 @@ class FPN(Backbone):
                 top_input = results[self._out_features.index(source)]
             results.extend(self.top_block(top_input))
         return dict(zip(self._out_features, results))
+
+
+def _add_upsampled(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """``fine + interpolate(coarse, scale_factor=2, mode="nearest")``.
+
+    fine: (N, C, 2h, 2w); coarse: (N, C, h, w). Without autograd the sum is written into
+    ``fine`` (a lateral conv's fresh output) by broadcasting ``coarse`` over 2x2 blocks, which
+    reads each map once and allocates nothing; nearest x2 upsampling copies pixel (y // 2,
+    x // 2), so the result is the same.
+    """
+    n, c, h, w = coarse.shape
+    if torch.is_grad_enabled() or fine.shape != (n, c, 2 * h, 2 * w):
+        return fine + F.interpolate(coarse, scale_factor=2.0, mode="nearest")
+    fine.view(n, c, h, 2, w, 2).add_(coarse.view(n, c, h, 1, w, 1))
+    return fine
 
 
 def _check_strides(names: Sequence[str], strides: Sequence[int]) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...config import configurable
-from ...layers import move_device_like
+from ...layers import enable_winograd_inference, move_device_like
 from ...structures import ImageList, Instances
 from ...utils.events import get_event_storage
 from ..backbone import Backbone, build_backbone
@@ -72,6 +72,15 @@ def _normalize_and_batch(
     return batch
 
 
+def _set_winograd_conv(model: nn.Module, enabled: bool) -> None:
+    """Turn Winograd/GEMM inference convolutions on or off in every conv of ``model`` except
+    the backbone's bottom-up network (left on oneDNN, channels-last when asked), or the whole
+    backbone when it has no ``bottom_up`` (e.g. a plain ResNet)."""
+    model._winograd_conv = bool(enabled)
+    skip = "backbone.bottom_up" if hasattr(model.backbone, "bottom_up") else "backbone"
+    enable_winograd_inference(model, enabled, exclude=(skip,))
+
+
 def _output_size(item: Dict, image_size: Tuple[int, int]) -> Tuple[int, int]:
     return item.get("height", image_size[0]), item.get("width", image_size[1])
 
@@ -97,6 +106,7 @@ class GeneralizedRCNN(nn.Module):
         input_format: Optional[str] = None,
         vis_period: int = 0,
         channels_last: bool = False,
+        winograd_conv: bool = False,
     ):
         """Args:
             backbone: maps the (N, C, H, W) normalised batch to named feature maps.
@@ -109,12 +119,17 @@ class GeneralizedRCNN(nn.Module):
             vis_period: visualise training proposals every this many iterations (0: never).
             channels_last: feed the backbone channels-last (NHWC) batches, which run faster on
                 CPU; results then differ from Detectron2's by float rounding (MODEL.CHANNELS_LAST).
+            winograd_conv: in CPU inference, run the FPN, RPN and ROI-head convolutions with
+                NNPACK's Winograd kernels (3x3) and matrix products (1x1), on NCHW maps; the
+                bottom-up network is unchanged (MODEL.WINOGRAD_CONV, ``layers/winograd.py``).
+                A settable attribute, like ``channels_last``.
         """
         super().__init__()
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.roi_heads = roi_heads
         self.channels_last = bool(channels_last)
+        self.winograd_conv = winograd_conv
         self.input_format = input_format
         self.vis_period = int(vis_period)
         if self.vis_period > 0 and input_format is None:
@@ -127,7 +142,7 @@ class GeneralizedRCNN(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         """Backbone, proposal generator and ROI heads from their registries; MODEL.PIXEL_MEAN /
-        PIXEL_STD, MODEL.CHANNELS_LAST, INPUT.FORMAT and VIS_PERIOD."""
+        PIXEL_STD, MODEL.CHANNELS_LAST, MODEL.WINOGRAD_CONV, INPUT.FORMAT and VIS_PERIOD."""
         backbone = build_backbone(cfg)
         output_shape = backbone.output_shape()
         return {
@@ -139,7 +154,13 @@ class GeneralizedRCNN(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": cfg.MODEL.CHANNELS_LAST,
+            "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
         }
+
+    winograd_conv = property(
+        lambda self: self._winograd_conv, lambda self, on: _set_winograd_conv(self, on),
+        doc="Whether CPU inference uses Winograd/GEMM convolutions outside the bottom-up net.",
+    )
 
     @property
     def device(self) -> torch.device:
@@ -232,6 +253,10 @@ class GeneralizedRCNN(nn.Module):
                 proposals, _ = self.proposal_generator(images, features, None)
             else:
                 proposals = self._precomputed_proposals(batched_inputs)
+            if self.winograd_conv and self.channels_last:
+                # The FPN and RPN ran on NCHW maps; the ROI poolers read NHWC ones faster.
+                features = {k: v.contiguous(memory_format=torch.channels_last)
+                            for k, v in features.items()}
             results, _ = self.roi_heads(images, features, proposals, None)
         else:
             detected_instances = [x.to(self.device) for x in detected_instances]
@@ -273,12 +298,14 @@ class ProposalNetwork(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         channels_last: bool = False,
+        winograd_conv: bool = False,
     ):
         """Args:
             backbone: maps the normalised batch to named feature maps.
             proposal_generator: ``(images, features, gt_instances) -> (proposals, losses)``.
             pixel_mean, pixel_std: per-channel normalisation ``(x - mean) / std``.
             channels_last: feed the backbone NHWC batches (see ``GeneralizedRCNN``).
+            winograd_conv: Winograd/GEMM convolutions in CPU inference (see ``GeneralizedRCNN``).
         """
         super().__init__()
         if proposal_generator is None:
@@ -289,12 +316,13 @@ class ProposalNetwork(nn.Module):
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.channels_last = bool(channels_last)
+        self.winograd_conv = winograd_conv
         _register_pixel_stats(self, pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
-        """Backbone and proposal generator from their registries; MODEL.PIXEL_MEAN / STD and
-        MODEL.CHANNELS_LAST."""
+        """Backbone and proposal generator from their registries; MODEL.PIXEL_MEAN / STD,
+        MODEL.CHANNELS_LAST and MODEL.WINOGRAD_CONV."""
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,
@@ -302,7 +330,10 @@ class ProposalNetwork(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": cfg.MODEL.CHANNELS_LAST,
+            "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
         }
+
+    winograd_conv = GeneralizedRCNN.winograd_conv
 
     @property
     def device(self) -> torch.device:

@@ -91,8 +91,8 @@ class StandardRPNHead(nn.Module):
                 self._check_width(out, conv_dims)
                 self.conv.add_module(f"conv{k}", self._hidden_conv(channels, out))
                 channels = out
-        self.objectness_logits = nn.Conv2d(channels, num_anchors, kernel_size=1, stride=1)
-        self.anchor_deltas = nn.Conv2d(channels, num_anchors * box_dim, kernel_size=1, stride=1)
+        self.objectness_logits = Conv2d(channels, num_anchors, kernel_size=1, stride=1)
+        self.anchor_deltas = Conv2d(channels, num_anchors * box_dim, kernel_size=1, stride=1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config import configurable
-from ...layers import ShapeSpec, batched_nms, cat, cross_entropy, nonzero_tuple
+from ...layers import ShapeSpec, batched_nms_topk, cat, cross_entropy, nonzero_tuple
 from ...structures import Boxes, Instances
 from ...utils.events import get_event_storage
 from ..box_regression import Box2BoxTransform, _dense_box_regression_loss
@@ -103,9 +103,8 @@ def fast_rcnn_inference_single_image(
         boxes = boxes[keep_mask]
     scores = scores[keep_mask]
 
-    keep = batched_nms(boxes, scores, kept_pairs[:, 1], nms_thresh)
-    if topk_per_image >= 0:
-        keep = keep[:topk_per_image]
+    # The first ``topk_per_image`` of a full batched NMS, computed from the top scores only.
+    keep = batched_nms_topk(boxes, scores, kept_pairs[:, 1], nms_thresh, topk_per_image)
     boxes, scores, kept_pairs = boxes[keep], scores[keep], kept_pairs[keep]
 
     result = Instances(image_shape)

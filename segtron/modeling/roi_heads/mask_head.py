@@ -207,7 +207,7 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
             channels = conv_dim
 
         self.deconv = ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2, padding=0)
-        self.add_module("deconv_relu", nn.ReLU())
+        self.add_module("deconv_relu", nn.ReLU(inplace=True))  # on the deconv's own output
         self.predictor = Conv2d(conv_dims[-1], num_classes, kernel_size=1, stride=1, padding=0)
 
         for layer in self.conv_norm_relus + [self.deconv]:

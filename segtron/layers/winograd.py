@@ -1,0 +1,137 @@
+"""Faster CPU inference convolutions for the FPN, RPN and mask heads (``MODEL.WINOGRAD_CONV``).
+
+Two kernels, both writing NCHW outputs:
+
+- 3x3 stride-1 convolutions run on NNPACK's Winograd kernels (``F(6x6, 3x3)``), which need
+  about 2.5x fewer multiplications than a direct convolution. On a 2-core AVX-512 CPU a
+  256->256 conv on a 200x272 map takes ~125 ms instead of ~320 ms with oneDNN; outputs match
+  the direct convolution to ~1e-5 relative (rounding of the transforms).
+- 1x1 stride-1 convolutions run as one matrix product ``W @ X`` that reads a channels-last or
+  NCHW input as it is and writes NCHW, so a channels-last backbone can feed the NCHW maps
+  NNPACK works on without a separate transposing copy.
+
+Only inference uses them (no autograd; training keeps oneDNN, whose backward is faster than
+NNPACK's forward plus a separate backward). Where NNPACK is missing (some builds) or slower
+(small maps) the ordinary convolution runs instead. NNPACK sizes its thread pool from
+``torch.get_num_threads()`` at its first call in a process.
+"""
+
+import functools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "winograd_available",
+    "winograd_applies",
+    "winograd_conv3x3",
+    "pointwise_conv_nchw",
+    "enable_winograd_inference",
+]
+
+# NNPACK beats oneDNN's direct convolution on maps of at least this many pixels per image, or
+# on batches (e.g. ROI features) of at least this many pixels in all; measured on 2 cores with
+# 256 channels (200x272: 2.5x faster, 50x68: 1.5x, 25x34: equal, 100 ROIs of 14x14: 1.45x).
+_MIN_PIXELS_PER_IMAGE = 2048
+_MIN_PIXELS_PER_BATCH = 4096
+# Narrow convolutions gain too little to pay for reading NHWC inputs as NCHW.
+_MIN_CHANNEL_PRODUCT = 128 * 128
+
+
+@functools.lru_cache(maxsize=None)
+def winograd_available() -> bool:
+    """True when this torch build has NNPACK for this CPU (and initialises it)."""
+    backends = getattr(torch.backends, "nnpack", None)
+    return bool(backends is not None and backends.is_available())
+
+
+def winograd_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """True when ``conv`` on input ``x`` (N, C, H, W) should use :func:`winograd_conv3x3` or
+    :func:`pointwise_conv_nchw`: CPU float32 without autograd, stride 1, no dilation or groups,
+    a 1x1 kernel without padding, or a 3x3 kernel with enough channels on a large enough map."""
+    if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if x.dim() != 4 or x.numel() == 0:
+        return False
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+        return False
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    if conv.kernel_size == (1, 1):
+        return conv.padding == (0, 0)
+    if conv.kernel_size != (3, 3) or not winograd_available():
+        return False
+    if conv.in_channels * conv.out_channels < _MIN_CHANNEL_PRODUCT:
+        return False
+    pixels = x.shape[-2] * x.shape[-1]
+    return pixels >= _MIN_PIXELS_PER_IMAGE or x.shape[0] * pixels >= _MIN_PIXELS_PER_BATCH
+
+
+def winograd_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding
+) -> torch.Tensor:
+    """3x3 stride-1 convolution with NNPACK's Winograd kernels.
+
+    Args:
+        x: (N, C, H, W) float32 CPU input, any memory format (NHWC is copied to NCHW).
+        weight: (K, C, 3, 3). bias: (K,) or None.
+        padding: (pad_h, pad_w).
+    Returns:
+        (N, K, H + 2 * pad_h - 2, W + 2 * pad_w - 2), NCHW-contiguous.
+    """
+    x = x.contiguous()
+    weight = weight.contiguous()
+    padding = [int(p) for p in padding]
+    if x.shape[0] == 1 or x.shape[-2] * x.shape[-1] < _MIN_PIXELS_PER_IMAGE:
+        return torch._nnpack_spatial_convolution(x, weight, bias, padding, [1, 1])
+    # NNPACK's batched entry point is slower than one call per image for large maps.
+    return torch.cat(
+        [torch._nnpack_spatial_convolution(x[i : i + 1], weight, bias, padding, [1, 1])
+         for i in range(x.shape[0])]
+    )
+
+
+def pointwise_conv_nchw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """1x1 stride-1 convolution as one matrix product per image, output NCHW.
+
+    Args:
+        x: (N, C, H, W), NCHW or channels-last (read in place through a (N, C, H*W) view).
+        weight: (K, C, 1, 1). bias: (K,) or None.
+    Returns:
+        (N, K, H, W), NCHW-contiguous.
+    """
+    n, c, h, w = x.shape
+    columns = x.reshape(n, c, h * w)
+    matrix = weight.reshape(weight.shape[0], c)
+    if n == 1:
+        out = (torch.mm(matrix, columns[0]) if bias is None
+               else torch.addmm(bias[:, None], matrix, columns[0])).unsqueeze(0)
+    else:
+        out = torch.matmul(matrix, columns)
+        if bias is not None:
+            out.add_(bias[:, None])
+    return out.view(n, -1, h, w)
+
+
+def enable_winograd_inference(module: nn.Module, enabled: bool = True, exclude=()) -> int:
+    """Set ``winograd`` on every segtron ``Conv2d`` under ``module`` (see ``Conv2d``).
+
+    Args:
+        module: the root module.
+        enabled: the value to set.
+        exclude: names of sub-modules (as in ``named_modules``) whose convs are left alone,
+            e.g. ``("backbone.bottom_up",)`` to keep a channels-last ResNet on oneDNN.
+    Returns:
+        the number of convs whose flag was set.
+    """
+    from .wrappers import Conv2d
+
+    count = 0
+    for name, child in module.named_modules():
+        if any(name == e or name.startswith(e + ".") for e in exclude):
+            continue
+        if isinstance(child, Conv2d):
+            child.winograd = bool(enabled)
+            count += 1
+    return count
