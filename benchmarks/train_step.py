@@ -4,8 +4,9 @@ One step = forward with losses, backward, SGD update, on a batch of 2 images of 
 boxes and masks each. BatchNorm2d in both backbones, every stage trainable (torchvision's
 setting without pretrained weights), and the same initial weights (torchvision's random init
 copied into segtron, see ``torchvision_peer.py``). Each library keeps its own training defaults
-(RPN/ROI sampling sizes). segtron runs by default and with MODEL.CHANNELS_LAST. Reports the
-median of several interleaved steps and segtron's time as a ratio of torchvision's.
+(RPN/ROI sampling sizes). segtron runs by default, with MODEL.CHANNELS_LAST, and with that
+plus MODEL.WINOGRAD_CONV. Reports the median of several interleaved steps and segtron's time as
+a ratio of torchvision's.
 
 Run from the repository root::
 
@@ -79,9 +80,10 @@ def main(argv=None):
         tv_optimizer.step()
         losses_seen["torchvision"] = sorted(losses)
 
-    def segtron_runner(name, channels_last):
+    def segtron_runner(name, channels_last, winograd_conv=False):
         def run():
             segtron_model.channels_last = channels_last
+            segtron_model.winograd_conv = winograd_conv
             with EventStorage():
                 losses = segtron_model(st_inputs)
             total = sum(losses.values())
@@ -95,6 +97,7 @@ def main(argv=None):
         "torchvision": run_torchvision,
         "segtron": segtron_runner("segtron", False),
         "segtron MODEL.CHANNELS_LAST": segtron_runner("segtron MODEL.CHANNELS_LAST", True),
+        "segtron + MODEL.WINOGRAD_CONV": segtron_runner("segtron + MODEL.WINOGRAD_CONV", True, True),
     }, repeats=args.repeats)
     print(f"Mask R-CNN R50-FPN training step, batch {BATCH} x {HEIGHT}x{WIDTH}, {BOXES} boxes "
           f"per image, BatchNorm ({machine_line()})")

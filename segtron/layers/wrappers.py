@@ -157,11 +157,11 @@ class Conv2d(nn.Conv2d):
       applied to its output (the same function up to float rounding, one pass less).
     - ``activation``: a callable (e.g. ``F.relu``) or None, applied after ``norm``.
 
-    Attribute ``winograd`` (default False; set by :func:`enable_winograd_inference`): during
-    CPU inference without autograd, 3x3 stride-1 convs run NNPACK's Winograd kernels and 1x1
-    stride-1 convs one matrix product, both writing NCHW outputs (see ``layers/winograd.py``);
-    elsewhere, and in training, the flag changes nothing. Without autograd a ReLU activation
-    is applied in place.
+    Attribute ``winograd`` (default False; set by :func:`enable_winograd_conv`): on CPU,
+    3x3 stride-1 convs with enough channels run NNPACK's Winograd kernels and 1x1 stride-1 convs
+    one matrix product, both writing NCHW outputs, in inference and training (see
+    ``layers/winograd.py``); elsewhere the flag changes nothing. A ReLU activation is applied
+    in place on the conv's output.
 
     ``forward(x (N, C_in, H, W)) -> (N, C_out, H', W')``. Empty batches (N=0) work in eval
     and training, forward and backward, except with a ``torch.nn.SyncBatchNorm`` norm in
@@ -184,6 +184,10 @@ class Conv2d(nn.Conv2d):
                 "with stats_mode='N') for batches that can be empty on some ranks."
             )
         fold = getattr(self.norm, "fold_into_conv", None)
+        # In-place activation is safe on a fresh conv output that no backward needs: always
+        # without autograd, and with it when nothing but the conv itself (which keeps its
+        # input, not its output) ran since.
+        inplace = not torch.is_grad_enabled() or fold is not None or self.norm is None
         if self.winograd and (fold is not None or self.norm is None) and winograd_applies(self, x):
             weight, bias = fold(self.weight, self.bias) if fold is not None else (self.weight, self.bias)
             if self.kernel_size == (1, 1):
@@ -201,7 +205,7 @@ class Conv2d(nn.Conv2d):
             if self.norm is not None:
                 x = self.norm(x)
         if self.activation is not None:
-            if not torch.is_grad_enabled() and _is_relu(self.activation):
+            if inplace and _is_relu(self.activation):
                 x = x.relu_()  # the conv's own fresh output: no copy of a large map
             else:
                 x = self.activation(x)

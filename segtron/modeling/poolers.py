@@ -213,8 +213,9 @@ class ROIPooler(nn.Module):
         # mask head's convolutions then run NHWC too (faster on CPU); a box head that flattens
         # reads them in the usual (C, H, W) order either way.
         layout = torch.channels_last if is_channels_last(x[0]) else torch.contiguous_format
+        # Every box belongs to exactly one level, so every row is written below: no zero fill.
         output = torch.empty((rois.shape[0], channels, out_h, out_w), dtype=x[0].dtype,
-                             device=x[0].device, memory_format=layout).zero_()
+                             device=x[0].device, memory_format=layout)
         for level, (pooler, inds) in enumerate(zip(self.level_poolers, order.split(counts))):
             # Every level is pooled, even with no boxes, so all levels stay in the graph.
             output.index_put_((inds,), pooler(x[level], rois[inds]))

@@ -1,12 +1,13 @@
-"""Winograd (NNPACK) and GEMM inference convolutions: same function as F.conv2d, NCHW outputs,
-and only where they apply (CPU float32 inference, stride 1, 3x3 on large maps / 1x1)."""
+"""Winograd (NNPACK) and GEMM convolutions: same function and gradients as F.conv2d, NCHW
+outputs, and only where they apply (CPU float32, stride 1; 3x3 on large maps, 1x1 without
+autograd)."""
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from segtron.layers import Conv2d, FrozenBatchNorm2d, enable_winograd_inference
+from segtron.layers import Conv2d, FrozenBatchNorm2d, enable_winograd_conv
 from segtron.layers import winograd
 from segtron.layers.winograd import (
     pointwise_conv_nchw,
@@ -42,6 +43,45 @@ def test_winograd_conv3x3_matches_conv2d(batch, height, width, channels_last, pa
     assert not torch.equal(out, expected)
 
 
+@needs_nnpack
+@pytest.mark.parametrize("batch,height,width", [(1, 48, 60), (2, 48, 50), (30, 14, 14)])
+@pytest.mark.parametrize("padding", [(1, 1), (0, 0)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_winograd_conv3x3_gradients_match_conv2d(batch, height, width, padding, with_bias):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(batch, 16, height, width, generator=g).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(24, 16, 3, 3, generator=g)
+    bias = torch.randn(24, generator=g) if with_bias else None
+    leaves = [t for t in (x, weight, bias) if t is not None]
+    grad_out = None
+    results = []
+    for fn in (lambda *a: F.conv2d(*a, padding=padding),
+               lambda *a: winograd_conv3x3(*a, padding)):
+        inputs = [t.detach().clone().requires_grad_() for t in leaves]
+        out = fn(*inputs) if with_bias else fn(*inputs, None)
+        if grad_out is None:
+            grad_out = torch.randn(out.shape, generator=g)
+        out.backward(grad_out)
+        results.append([t.grad for t in inputs])
+    for expected, actual in zip(*results):
+        assert actual.shape == expected.shape
+        assert _relative_error(actual, expected) < 1e-5
+
+
+@needs_nnpack
+def test_winograd_conv3x3_gradient_for_weight_only():
+    """A frozen input (e.g. the first layer) gets no gradient; the weight still does."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 8, 50, 50, generator=g)
+    weight = torch.randn(8, 8, 3, 3, generator=g, requires_grad=True)
+    winograd_conv3x3(x, weight, None, (1, 1)).square().sum().backward()
+    reference = weight.detach().clone().requires_grad_()
+    F.conv2d(x, reference, padding=1).square().sum().backward()
+    assert x.grad is None
+    assert _relative_error(weight.grad, reference.grad) < 1e-4
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -74,7 +114,9 @@ def test_winograd_applies_only_to_cpu_float_inference_convs(monkeypatch):
         assert winograd_applies(conv3, torch.zeros(50, 128, 14, 14))  # a batch of ROIs
         assert not winograd_applies(conv3, big.double())
         assert not winograd_applies(conv3, big[:0])
-    assert not winograd_applies(conv3, big)  # autograd on: training keeps oneDNN
+    # With autograd (training) the 3x3 kernels apply, the 1x1 products do not.
+    assert winograd_applies(conv3, big)
+    assert not winograd_applies(nn.Conv2d(128, 128, 1), big)
     monkeypatch.setattr(winograd, "winograd_available", lambda: False)
     with torch.no_grad():
         assert not winograd_applies(conv3, big)
@@ -99,23 +141,27 @@ def test_conv2d_flag_same_function_nchw_output(kernel):
         out = conv(x)
     assert out.is_contiguous() and not expected.is_contiguous()
     assert _relative_error(out, expected) < 1e-5
-    # With autograd (training) the flag changes nothing, bit for bit.
+    # With autograd (training) a 1x1 conv keeps oneDNN, bit for bit; a 3x3 one runs NNPACK.
     conv.winograd = False
     reference = conv(x)
     conv.winograd = True
-    assert torch.equal(conv(x), reference)
+    trained = conv(x)
+    if kernel == 1:
+        assert torch.equal(trained, reference)
+    else:
+        assert trained.is_contiguous() and _relative_error(trained, reference) < 1e-5
 
 
-def test_enable_winograd_inference_skips_excluded_modules():
+def test_enable_winograd_conv_skips_excluded_modules():
     model = nn.Module()
     model.backbone = nn.Module()
     model.backbone.bottom_up = nn.Sequential(Conv2d(3, 4, 3), Conv2d(4, 4, 3))
     model.backbone.lateral = Conv2d(4, 4, 1)
     model.head = nn.Sequential(Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3))
-    assert enable_winograd_inference(model, exclude=("backbone.bottom_up",)) == 2
+    assert enable_winograd_conv(model, exclude=("backbone.bottom_up",)) == 2
     assert model.backbone.lateral.winograd and model.head[0].winograd
     assert not any(m.winograd for m in model.backbone.bottom_up)
-    assert enable_winograd_inference(model, enabled=False) == 4  # not the plain nn.Conv2d
+    assert enable_winograd_conv(model, enabled=False) == 4  # not the plain nn.Conv2d
     assert not model.head[0].winograd
 
 

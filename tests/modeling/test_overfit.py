@@ -1,5 +1,6 @@
-"""Mask R-CNN learns: training mode returns Detectron2's loss keys, and a thin model trained from
-scratch on a few synthetic shapes images drives its total loss below a third of the start."""
+"""Mask R-CNN learns: training mode returns Detectron2's loss keys, a thin model trained from
+scratch on a few synthetic shapes images drives its total loss below a third of the start, and
+the faster CPU convolutions (MODEL.WINOGRAD_CONV) give the same training step."""
 
 import os
 
@@ -10,6 +11,8 @@ from segtron.config import get_cfg
 from segtron.data import DatasetMapper
 from segtron.data.datasets.coco import load_coco_json
 from segtron.data.datasets.shapes import SHAPES_CLASSES, generate_shapes_dataset
+from segtron.layers import winograd
+from segtron.layers.winograd import winograd_available
 from segtron.modeling import build_model
 from segtron.utils.events import EventStorage
 
@@ -89,3 +92,42 @@ def test_thin_model_overfits_a_few_shapes_images(batch):
                 break
     start, end = history[0], sum(history[-5:]) / 5
     assert end < start / 3, f"total loss went from {start:.3f} to {end:.3f} in {len(history)} iterations"
+
+
+@pytest.mark.skipif(not winograd_available(), reason="no NNPACK in this build")
+def test_winograd_training_step_matches_default(batch, monkeypatch):
+    """MODEL.WINOGRAD_CONV in training (forced onto every eligible conv of the thin model, whose
+    32-channel FPN is below the default size limits): same losses and gradients as oneDNN."""
+    for limit in ("_MIN_PIXELS_PER_IMAGE", "_MIN_PIXELS_PER_BATCH", "_MIN_CHANNEL_PRODUCT"):
+        monkeypatch.setattr(winograd, limit, 0)
+    cfg = thin_mask_rcnn_cfg()
+    cfg.MODEL.CHANNELS_LAST = True
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    nnpack_calls = []
+    monkeypatch.setattr(winograd, "_nnpack_conv3x3",
+                        _counting(winograd._nnpack_conv3x3, nnpack_calls))
+    results = []
+    for enabled in (False, True):
+        model.winograd_conv = enabled
+        model.zero_grad()
+        torch.manual_seed(1)
+        with EventStorage():
+            losses = model(batch)
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append(({k: v.item() for k, v in losses.items()}, grads))
+        assert bool(nnpack_calls) == enabled
+    (losses_ref, grads_ref), (losses_wg, grads_wg) = results
+    assert losses_wg == pytest.approx(losses_ref, rel=1e-4, abs=1e-6)
+    assert grads_wg.keys() == grads_ref.keys()
+    for name, ref in grads_ref.items():
+        scale = ref.abs().max().item() or 1.0
+        assert (grads_wg[name] - ref).abs().max().item() <= 1e-3 * scale, name
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapped

@@ -18,6 +18,7 @@ from segtron.config import get_cfg
 from segtron.layers import ShapeSpec
 from segtron.modeling.matcher import Matcher
 from segtron.modeling.roi_heads import (
+    FastRCNNConvFCHead,
     ROIHeads,
     Res5ROIHeads,
     StandardROIHeads,
@@ -422,3 +423,22 @@ def test_golden_fixture_detections_from_its_proposals(compat_dir):
     inter = (ours & theirs).reshape(len(ours), -1).sum(1)
     union = (ours | theirs).reshape(len(ours), -1).sum(1)
     assert np.where(union > 0, inter / np.maximum(union, 1), 1.0).min() >= 0.99
+
+
+def test_box_head_reads_nhwc_maps_as_a_convolution_in_inference():
+    """fc1 on channels-last pooled features (MODEL.CHANNELS_LAST) skips the flatten copy in
+    inference; the output equals flatten + linear on the same features."""
+    torch.manual_seed(0)
+    head = FastRCNNConvFCHead(ShapeSpec(channels=8, height=7, width=7), conv_dims=[],
+                              fc_dims=[16, 16]).eval()
+    x = torch.randn(5, 8, 7, 7)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = head(x)
+        calls = []
+        original = head.flatten.forward
+        head.flatten.forward = lambda t: calls.append(1) or original(t)
+        out = head(nhwc)
+    assert not calls, "the NHWC map went through the flatten copy"
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(head(nhwc), head(x))  # with autograd: the usual flatten + linear

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...config import configurable
-from ...layers import enable_winograd_inference, move_device_like
+from ...layers import enable_winograd_conv, move_device_like
 from ...structures import ImageList, Instances
 from ...utils.events import get_event_storage
 from ..backbone import Backbone, build_backbone
@@ -73,12 +73,12 @@ def _normalize_and_batch(
 
 
 def _set_winograd_conv(model: nn.Module, enabled: bool) -> None:
-    """Turn Winograd/GEMM inference convolutions on or off in every conv of ``model`` except
+    """Turn Winograd/GEMM convolutions on or off in every conv of ``model`` except
     the backbone's bottom-up network (left on oneDNN, channels-last when asked), or the whole
     backbone when it has no ``bottom_up`` (e.g. a plain ResNet)."""
     model._winograd_conv = bool(enabled)
     skip = "backbone.bottom_up" if hasattr(model.backbone, "bottom_up") else "backbone"
-    enable_winograd_inference(model, enabled, exclude=(skip,))
+    enable_winograd_conv(model, enabled, exclude=(skip,))
 
 
 def _output_size(item: Dict, image_size: Tuple[int, int]) -> Tuple[int, int]:
@@ -119,9 +119,9 @@ class GeneralizedRCNN(nn.Module):
             vis_period: visualise training proposals every this many iterations (0: never).
             channels_last: feed the backbone channels-last (NHWC) batches, which run faster on
                 CPU; results then differ from Detectron2's by float rounding (MODEL.CHANNELS_LAST).
-            winograd_conv: in CPU inference, run the FPN, RPN and ROI-head convolutions with
-                NNPACK's Winograd kernels (3x3) and matrix products (1x1), on NCHW maps; the
-                bottom-up network is unchanged (MODEL.WINOGRAD_CONV, ``layers/winograd.py``).
+            winograd_conv: on CPU, run the FPN, RPN and ROI-head convolutions with NNPACK's
+                Winograd kernels (3x3) and, in inference, matrix products (1x1), on NCHW maps;
+                the bottom-up network is unchanged (MODEL.WINOGRAD_CONV, ``layers/winograd.py``).
                 A settable attribute, like ``channels_last``.
         """
         super().__init__()
@@ -159,7 +159,7 @@ class GeneralizedRCNN(nn.Module):
 
     winograd_conv = property(
         lambda self: self._winograd_conv, lambda self, on: _set_winograd_conv(self, on),
-        doc="Whether CPU inference uses Winograd/GEMM convolutions outside the bottom-up net.",
+        doc="Whether CPU convolutions outside the bottom-up net use Winograd/GEMM kernels.",
     )
 
     @property
@@ -174,6 +174,13 @@ class GeneralizedRCNN(nn.Module):
             "Training visualisation (VIS_PERIOD > 0) is not available yet: it comes with the "
             "visualizer (segtron.utils.visualizer). Set VIS_PERIOD 0 for now."
         )
+
+    def _features_for_roi_heads(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """With both CHANNELS_LAST and WINOGRAD_CONV the FPN and RPN ran on NCHW maps; the ROI
+        poolers read NHWC maps faster, so the maps are converted once for all ROI heads."""
+        if not (self.winograd_conv and self.channels_last):
+            return features
+        return {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Move each input's "image" to the model's device, normalise it with
@@ -204,6 +211,7 @@ class GeneralizedRCNN(nn.Module):
             proposals = self._precomputed_proposals(batched_inputs)
             proposal_losses = {}
 
+        features = self._features_for_roi_heads(features)
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
         if self.vis_period > 0:
             storage = get_event_storage()
@@ -253,10 +261,7 @@ class GeneralizedRCNN(nn.Module):
                 proposals, _ = self.proposal_generator(images, features, None)
             else:
                 proposals = self._precomputed_proposals(batched_inputs)
-            if self.winograd_conv and self.channels_last:
-                # The FPN and RPN ran on NCHW maps; the ROI poolers read NHWC ones faster.
-                features = {k: v.contiguous(memory_format=torch.channels_last)
-                            for k, v in features.items()}
+            features = self._features_for_roi_heads(features)
             results, _ = self.roi_heads(images, features, proposals, None)
         else:
             detected_instances = [x.to(self.device) for x in detected_instances]
