@@ -9,10 +9,10 @@ Two kernels, both writing NCHW outputs:
   gradient uses the same kernels (a convolution with the flipped weight) and the weight
   gradient torch's own backward: a 256->256 conv on 2 x 128x176 maps, forward and backward,
   takes ~610 ms instead of ~960 ms.
-- In inference only, 1x1 stride-1 convolutions run as one matrix product ``W @ X`` that reads
-  a channels-last or NCHW input as it is and writes NCHW, so a channels-last backbone feeds the
-  NCHW maps NNPACK works on without a separate transposing copy. (With autograd, the products
-  of its backward cost more than the copy saved.)
+- In inference only, 1x1 stride-1 convolutions on one image run as a matrix product
+  ``W @ X`` that reads a channels-last or NCHW input as it is and writes NCHW, so a
+  channels-last backbone feeds the NCHW maps NNPACK works on without a separate transposing
+  copy. (With autograd, the products of its backward cost more than the copy saved.)
 
 Where NNPACK is missing (some builds) or slower (small maps, narrow convs) the ordinary
 convolution runs instead. NNPACK sizes its thread pool from ``torch.get_num_threads()`` at its
@@ -52,7 +52,8 @@ def winograd_available() -> bool:
 def winograd_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """True when ``conv`` on input ``x`` (N, C, H, W) should use :func:`winograd_conv3x3` or
     :func:`pointwise_conv_nchw`: CPU float32, stride 1, no dilation or groups,
-    a 1x1 kernel without padding, or a 3x3 kernel with enough channels on a large enough map."""
+    a 1x1 kernel without padding on one image (no autograd), or a 3x3 kernel with enough
+    channels on a large enough map."""
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return False
     if x.dim() != 4 or x.numel() == 0:
@@ -62,8 +63,10 @@ def winograd_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
     if conv.kernel_size == (1, 1):
-        # In training, autograd's products for a GEMM on NHWC inputs cost more than they save.
-        return conv.padding == (0, 0) and not torch.is_grad_enabled()
+        # One image only (an FPN level): on a batch of ROIs the batched product copies its
+        # NHWC operand, and oneDNN is faster. In training, autograd's products for the GEMM
+        # cost more than they save.
+        return conv.padding == (0, 0) and x.shape[0] == 1 and not torch.is_grad_enabled()
     if conv.kernel_size != (3, 3) or not winograd_available():
         return False
     if conv.padding not in ((0, 0), (1, 1)):

@@ -112,6 +112,7 @@ def test_winograd_applies_only_to_cpu_float_inference_convs(monkeypatch):
         assert not winograd_applies(nn.Conv2d(128, 64, 3, padding=1), big)  # narrow
         assert not winograd_applies(conv3, torch.zeros(1, 128, 20, 20))  # small map
         assert winograd_applies(conv3, torch.zeros(50, 128, 14, 14))  # a batch of ROIs
+        assert not winograd_applies(nn.Conv2d(128, 128, 1), torch.zeros(50, 128, 14, 14))
         assert not winograd_applies(conv3, big.double())
         assert not winograd_applies(conv3, big[:0])
     # With autograd (training) the 3x3 kernels apply, the 1x1 products do not.

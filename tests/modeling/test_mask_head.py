@@ -13,7 +13,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 
 from segtron.config import get_cfg
-from segtron.layers import ShapeSpec
+from segtron.layers import ShapeSpec, enable_winograd_conv, winograd
+from segtron.layers.winograd import winograd_available
 from segtron.modeling.roi_heads import MaskRCNNConvUpsampleHead, build_mask_head
 from segtron.modeling.roi_heads.mask_head import mask_rcnn_inference, mask_rcnn_loss
 from segtron.structures import BitMasks, Boxes, Instances
@@ -190,3 +191,22 @@ def test_from_config_options():
     assert head.mask_fcn1.bias is None and isinstance(head.mask_fcn1.norm, torch.nn.GroupNorm)
     with pytest.raises(ValueError, match="CONV_DIM"):
         MaskRCNNConvUpsampleHead(ShapeSpec(channels=8), num_classes=2, conv_dims=[])
+
+
+@pytest.mark.skipif(not winograd_available(), reason="no NNPACK in this build")
+def test_winograd_convs_hand_nhwc_maps_to_the_deconv(monkeypatch):
+    """With MODEL.WINOGRAD_CONV the 3x3 convs write NCHW; channels-last pooled features go back
+    to NHWC before the transposed conv (faster there), and the output is unchanged."""
+    monkeypatch.setattr(winograd, "_MIN_CHANNEL_PRODUCT", 0)
+    torch.manual_seed(0)
+    head = MaskRCNNConvUpsampleHead(ShapeSpec(channels=16, height=14, width=14),
+                                    num_classes=3, conv_dims=[16, 16, 16]).eval()
+    x = torch.randn(30, 16, 14, 14).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = head.layers(x)
+        enable_winograd_conv(head)
+        seen = []
+        head.deconv.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        out = head.layers(x)
+    assert not seen[0].is_contiguous() and seen[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
