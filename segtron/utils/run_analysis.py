@@ -315,21 +315,38 @@ def run_names(output_dirs: Sequence[str]) -> List[str]:
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average over ``window`` points (cut short at the ends, so the result has
-    the input's length and does not lag behind the values); ``window <= 1`` returns the values
-    unchanged. NaNs are left out of the averages."""
+    """Centred moving average over ``window`` points, with a straight-line fit where the window
+    is cut short by the ends, so the curve neither lags nor bends towards the inside values at
+    the last points of a falling loss.
+
+    Each point gets the value at its own index of the least-squares line through the (index,
+    value) pairs of its window; in a full window that is exactly the window's mean. Returns an
+    array of the input's length; ``window <= 1`` returns the values unchanged. NaNs are left
+    out (a window with one valid value gives that value, with none NaN).
+    """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if window <= 1 or n == 0:
         return values.copy()
     valid = np.isfinite(values)
-    sums = np.concatenate([[0.0], np.cumsum(np.where(valid, values, 0.0))])
-    counts = np.concatenate([[0], np.cumsum(valid)])
+    index = np.arange(n, dtype=np.float64)
+    y = np.where(valid, values, 0.0)
+    x = np.where(valid, index, 0.0)
+
+    def window_sums(a):
+        sums = np.concatenate([[0.0], np.cumsum(a)])
+        return sums[hi] - sums[lo]
+
     start = np.arange(n) - window // 2
     lo, hi = np.clip(start, 0, n), np.clip(start + window, 0, n)
-    count = counts[hi] - counts[lo]
+    count = window_sums(valid.astype(np.float64))
+    sx, sy = window_sums(x), window_sums(y)
+    sxx, sxy = window_sums(x * x), window_sums(x * y)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, (sums[hi] - sums[lo]) / np.maximum(count, 1), np.nan)
+        mean_x, mean_y = sx / count, sy / count
+        spread = sxx - sx * mean_x
+        slope = np.where(spread > 1e-9 * np.maximum(sxx, 1.0), (sxy - sx * mean_y) / spread, 0.0)
+        return np.where(count > 0, mean_y + slope * (index - mean_x), np.nan)
 
 
 def _panels(all_curves: Sequence[Mapping[str, Any]]) -> List[Tuple[str, str, List[str]]]:
@@ -353,7 +370,7 @@ def plot_runs(output_dirs: Sequence[str], path: str, smoothing: int = 20,
     """Draw the training curves of one or more runs into one PNG.
 
     Panels: total loss (centred moving average over ``smoothing`` points, or a quarter of the
-    run's points if fewer, as a line, the raw values faint behind it, validation loss dashed
+    run's points if fewer, see :func:`smooth`; as a line, the raw values faint behind it, validation loss dashed
     with markers when the run has one), each ``loss_*`` component (smoothed, validation
     dashed), the learning rate, and ``bbox/AP`` / ``segm/AP`` against the iteration (markers)
     when a run has evaluation results. Each run

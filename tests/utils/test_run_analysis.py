@@ -189,14 +189,22 @@ def test_run_names(tmp_path):
 
 
 def test_smooth_is_centred():
-    values = np.array([1.0, 3.0, 5.0, 7.0, 9.0])
-    # window 3: the point and its neighbours; cut short at the ends.
-    assert smooth(values, 3).tolist() == [2.0, 3.0, 5.0, 7.0, 8.0]
+    values = np.array([1.0, 4.0, 5.0, 6.0, 9.0])
+    # window 3: the point and its neighbours; at the ends, the line through the two points.
+    assert smooth(values, 3).tolist() == pytest.approx([1.0, 10 / 3, 5.0, 20 / 3, 9.0])
     assert smooth(values, 1).tolist() == values.tolist()
-    assert smooth(values, 100).tolist() == [5.0] * 5
-    # A straight line stays where it is (no lag) away from the ends.
-    line = np.arange(50, dtype=float)
-    assert np.allclose(smooth(line, 5)[2:-2], line[2:-2])
+    # A straight line stays where it is everywhere, the ends included (no lag, no bend).
+    line = np.arange(50, dtype=float) * -0.3 + 7
+    for window in (2, 5, 20, 100):
+        assert np.allclose(smooth(line, window), line)
+    # A noisy falling curve: the smoothed last points stay near the trend, where a plain mean
+    # over the cut-short window would sit above it.
+    rng = np.random.default_rng(0)
+    trend = np.linspace(2.0, 0.5, 400)
+    noisy = trend + rng.normal(0, 0.05, 400)
+    smoothed = smooth(noisy, 80)
+    assert abs(smoothed[-1] - trend[-1]) < 0.04
+    assert noisy[-41:].mean() - trend[-1] > 0.06  # the cut-short mean, ~20 points behind
     assert smooth(np.array([1.0, np.nan, 3.0]), 3).tolist() == [1.0, 2.0, 3.0]
 
 
