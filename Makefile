@@ -46,13 +46,17 @@ DEMO_ARGS ?=
 demo: env
 	@$(MAKE) --no-print-directory demo-run
 
+# The pictures show the run's first test dataset, read from the config the run saved.
+FIRST_TEST_DATASET := 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["DATASETS"]["TEST"][0])'
+
 # The demo's steps alone, in an existing environment (tests run it with a few iterations).
 demo-run:
 	@echo "[segtron] training $(DEMO_CONFIG) into $(DEMO_DIR) (8-10 minutes on 2 CPU cores)"
 	$(RUN) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR) $(DEMO_ARGS)
 	$(RUN) tools/compare_runs.py $(DEMO_DIR) --plot $(DEMO_DIR)/curves.png
-	$(RUN) tools/visualize_json_results.py --dataset shapes_val --conf-threshold 0.5 \
-	  --input $(DEMO_DIR)/inference/coco_instances_results.json --grid $(DEMO_DIR)/predictions.png
+	$(RUN) tools/visualize_json_results.py --dataset "$$($(RUN) -c $(FIRST_TEST_DATASET) $(DEMO_DIR)/config.yaml)" \
+	  --conf-threshold 0.5 --input $(DEMO_DIR)/inference/coco_instances_results.json \
+	  --grid $(DEMO_DIR)/predictions.png
 	@echo "[segtron] done. Look at $(DEMO_DIR)/predictions.png and $(DEMO_DIR)/curves.png;"
 	@echo "[segtron] the model is $(DEMO_DIR)/model_final.pth, the log $(DEMO_DIR)/log.txt."
 
