@@ -24,6 +24,15 @@ def _compat_dir() -> Path:
     return path
 
 
+def lift_winograd_limits(patch: pytest.MonkeyPatch) -> None:
+    """Make MODEL.WINOGRAD_CONV apply to every eligible conv, however small or narrow (the test
+    models are far below the sizes at which it is chosen), for as long as ``patch`` lasts."""
+    from segtron.layers import winograd
+
+    for limit in ("_MIN_PIXELS_PER_IMAGE", "_MIN_PIXELS_PER_BATCH", "_MIN_CHANNEL_PRODUCT"):
+        patch.setattr(winograd, limit, 0)
+
+
 @pytest.fixture(scope="session")
 def compat_dir() -> Path:
     """Path of ``../shared/compat`` (Detectron2's default config, state-dict shapes, golden fixture)."""

@@ -23,7 +23,6 @@ import functools
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = [
     "winograd_available",

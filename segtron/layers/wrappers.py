@@ -184,11 +184,13 @@ class Conv2d(nn.Conv2d):
                 "with stats_mode='N') for batches that can be empty on some ranks."
             )
         fold = getattr(self.norm, "fold_into_conv", None)
+        # No norm, or one folded into the weights: the output is the convolution's alone.
+        conv_only = fold is not None or self.norm is None
         # In-place activation is safe on a fresh conv output that no backward needs: always
-        # without autograd, and with it when nothing but the conv itself (which keeps its
-        # input, not its output) ran since.
-        inplace = not torch.is_grad_enabled() or fold is not None or self.norm is None
-        if self.winograd and (fold is not None or self.norm is None) and winograd_applies(self, x):
+        # without autograd, and with it when only the conv (which keeps its input, not its
+        # output) produced it.
+        inplace = conv_only or not torch.is_grad_enabled()
+        if self.winograd and conv_only and winograd_applies(self, x):
             weight, bias = fold(self.weight, self.bias) if fold is not None else (self.weight, self.bias)
             if self.kernel_size == (1, 1):
                 x = pointwise_conv_nchw(x, weight, bias)

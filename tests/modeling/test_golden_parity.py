@@ -17,9 +17,9 @@ import torch
 from segtron.config import get_cfg
 from segtron.data import detection_utils
 from segtron.data import transforms as T
-from segtron.layers import winograd
 from segtron.layers.winograd import winograd_available
 from segtron.modeling import build_model
+from tests.conftest import lift_winograd_limits
 
 FIXTURE = "golden/mask_rcnn_R50_FPN_thin"
 
@@ -47,8 +47,7 @@ def golden(compat_dir, request):
         if request.param == "winograd":
             if not winograd_available():
                 pytest.skip("this torch build has no NNPACK for this CPU")
-            for limit in ("_MIN_PIXELS_PER_IMAGE", "_MIN_PIXELS_PER_BATCH", "_MIN_CHANNEL_PRODUCT"):
-                patch.setattr(winograd, limit, 0)
+            lift_winograd_limits(patch)
         yield _run_golden(compat_dir, request.param)
 
 

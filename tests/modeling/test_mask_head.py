@@ -13,12 +13,13 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 
 from segtron.config import get_cfg
-from segtron.layers import ShapeSpec, enable_winograd_conv, winograd
+from segtron.layers import ShapeSpec, enable_winograd_conv
 from segtron.layers.winograd import winograd_available
 from segtron.modeling.roi_heads import MaskRCNNConvUpsampleHead, build_mask_head
 from segtron.modeling.roi_heads.mask_head import mask_rcnn_inference, mask_rcnn_loss
 from segtron.structures import BitMasks, Boxes, Instances
 from segtron.utils.events import EventStorage
+from tests.conftest import lift_winograd_limits
 
 
 def _train_instances(masks, boxes, classes, image_hw=(8, 8)):
@@ -197,7 +198,7 @@ def test_from_config_options():
 def test_winograd_convs_hand_nhwc_maps_to_the_deconv(monkeypatch):
     """With MODEL.WINOGRAD_CONV the 3x3 convs write NCHW; channels-last pooled features go back
     to NHWC before the transposed conv (faster there), and the output is unchanged."""
-    monkeypatch.setattr(winograd, "_MIN_CHANNEL_PRODUCT", 0)
+    lift_winograd_limits(monkeypatch)
     torch.manual_seed(0)
     head = MaskRCNNConvUpsampleHead(ShapeSpec(channels=16, height=14, width=14),
                                     num_classes=3, conv_dims=[16, 16, 16]).eval()

@@ -15,6 +15,7 @@ from segtron.layers import winograd
 from segtron.layers.winograd import winograd_available
 from segtron.modeling import build_model
 from segtron.utils.events import EventStorage
+from tests.conftest import lift_winograd_limits
 
 
 def thin_mask_rcnn_cfg():
@@ -98,8 +99,7 @@ def test_thin_model_overfits_a_few_shapes_images(batch):
 def test_winograd_training_step_matches_default(batch, monkeypatch):
     """MODEL.WINOGRAD_CONV in training (forced onto every eligible conv of the thin model, whose
     32-channel FPN is below the default size limits): same losses and gradients as oneDNN."""
-    for limit in ("_MIN_PIXELS_PER_IMAGE", "_MIN_PIXELS_PER_BATCH", "_MIN_CHANNEL_PRODUCT"):
-        monkeypatch.setattr(winograd, limit, 0)
+    lift_winograd_limits(monkeypatch)
     cfg = thin_mask_rcnn_cfg()
     cfg.MODEL.CHANNELS_LAST = True
     torch.manual_seed(0)

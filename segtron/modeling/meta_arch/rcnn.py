@@ -310,7 +310,7 @@ class ProposalNetwork(nn.Module):
             proposal_generator: ``(images, features, gt_instances) -> (proposals, losses)``.
             pixel_mean, pixel_std: per-channel normalisation ``(x - mean) / std``.
             channels_last: feed the backbone NHWC batches (see ``GeneralizedRCNN``).
-            winograd_conv: Winograd/GEMM convolutions in CPU inference (see ``GeneralizedRCNN``).
+            winograd_conv: Winograd/GEMM convolutions on CPU (see ``GeneralizedRCNN``).
         """
         super().__init__()
         if proposal_generator is None:
