@@ -60,6 +60,15 @@ def _metrics(output_dir):
         return [json.loads(line) for line in f]
 
 
+def _written_iterations(output_dir):
+    """Iterations whose metrics.json line is complete so far (a run may be mid-write)."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["iteration"] for line in f if line.endswith("\n")]
+
+
 def _copypaste(log_file):
     """The "copypaste:" result lines of a log (print_csv_format's output)."""
     with open(log_file, encoding="utf-8") as f:
@@ -244,7 +253,10 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(shapes_env, tmp_pa
         try:
             deadline = time.monotonic() + 240
             last = out / "last_checkpoint"
-            while not (last.exists() and last.read_text() == "model_0000009.pth"):
+            # The checkpointer runs before the writer in a step's after_step, so wait for both:
+            # model_0000009.pth recorded and iteration 9's metrics line written.
+            while not (last.exists() and last.read_text() == "model_0000009.pth"
+                       and 9 in _written_iterations(out)):
                 assert proc.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
                 assert time.monotonic() < deadline, "no model_0000009.pth in time"
                 time.sleep(0.1)
