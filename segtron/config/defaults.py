@@ -35,8 +35,8 @@ _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 # near-tied scores may swap order. False keeps Detectron2's exact sequence of operations.
 _C.MODEL.CHANNELS_LAST = False
 # segtron: on CPU, run the wide 3x3 convolutions of the FPN, RPN and ROI heads with NNPACK's
-# Winograd kernels (forward and input gradient), and in inference their 1x1 convolutions as
-# matrix products, on NCHW maps: ~2.5x fewer multiplications, outputs equal to ~1e-5 relative.
+# Winograd kernels (forward and input gradient), and their 1x1 convolutions as matrix
+# products writing NCHW maps: ~2.5x fewer multiplications, outputs equal to ~1e-5 relative.
 # Best with CHANNELS_LAST (which the bottom-up network keeps). See segtron/layers/winograd.py.
 _C.MODEL.WINOGRAD_CONV = False
 

@@ -92,9 +92,18 @@ def test_pointwise_conv_nchw_matches_conv2d(batch, channels_last, with_bias):
         x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(5, 12, 1, 1, generator=g)
     bias = torch.randn(5, generator=g) if with_bias else None
+    x.requires_grad_()
+    weight.requires_grad_()
     out = pointwise_conv_nchw(x, weight, bias)
     assert out.is_contiguous()
-    torch.testing.assert_close(out, F.conv2d(x, weight, bias), rtol=1e-5, atol=1e-5)
+    expected = F.conv2d(x, weight, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # Differentiable: the same input and weight gradients as the convolution's.
+    grad = torch.randn(out.shape, generator=g)
+    got = torch.autograd.grad(out, (x, weight), grad)
+    want = torch.autograd.grad(expected, (x, weight), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_winograd_applies_only_to_cpu_float_inference_convs(monkeypatch):
@@ -112,12 +121,19 @@ def test_winograd_applies_only_to_cpu_float_inference_convs(monkeypatch):
         assert not winograd_applies(nn.Conv2d(128, 64, 3, padding=1), big)  # narrow
         assert not winograd_applies(conv3, torch.zeros(1, 128, 20, 20))  # small map
         assert winograd_applies(conv3, torch.zeros(50, 128, 14, 14))  # a batch of ROIs
-        assert not winograd_applies(nn.Conv2d(128, 128, 1), torch.zeros(50, 128, 14, 14))
+        rois = torch.zeros(50, 128, 14, 14)
+        assert winograd_applies(nn.Conv2d(128, 128, 1), rois)
+        assert not winograd_applies(
+            nn.Conv2d(128, 128, 1), rois.contiguous(memory_format=torch.channels_last))
+        assert winograd_applies(
+            nn.Conv2d(128, 128, 1), big.contiguous(memory_format=torch.channels_last))
         assert not winograd_applies(conv3, big.double())
         assert not winograd_applies(conv3, big[:0])
-    # With autograd (training) the 3x3 kernels apply, the 1x1 products do not.
+    # With autograd (training) the 3x3 kernels apply, and the 1x1 products on NCHW inputs only.
     assert winograd_applies(conv3, big)
-    assert not winograd_applies(nn.Conv2d(128, 128, 1), big)
+    assert winograd_applies(nn.Conv2d(128, 3, 1), big)
+    assert not winograd_applies(
+        nn.Conv2d(128, 3, 1), big.contiguous(memory_format=torch.channels_last))
     monkeypatch.setattr(winograd, "winograd_available", lambda: False)
     with torch.no_grad():
         assert not winograd_applies(conv3, big)
@@ -142,7 +158,8 @@ def test_conv2d_flag_same_function_nchw_output(kernel):
         out = conv(x)
     assert out.is_contiguous() and not expected.is_contiguous()
     assert _relative_error(out, expected) < 1e-5
-    # With autograd (training) a 1x1 conv keeps oneDNN, bit for bit; a 3x3 one runs NNPACK.
+    # With autograd (training) a 1x1 conv on NHWC keeps oneDNN, bit for bit; a 3x3 one runs
+    # NNPACK.
     conv.winograd = False
     reference = conv(x)
     conv.winograd = True
