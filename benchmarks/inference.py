@@ -3,8 +3,9 @@
 Same input (one 800x1067 image) and the same weights: torchvision's random init, copied into
 segtron with its preprocessing and pooler settings (see ``torchvision_peer.py``), so both find
 the same proposals and detections. 80 classes, FrozenBN in both backbones (what each library
-uses with pretrained weights), score threshold 0 so both return 100 detections with masks
-pasted at full resolution. segtron runs three ways: by default (Detectron2's exact
+uses with pretrained weights), score threshold 0 so both compute 100 detections with masks
+pasted at full resolution (segtron may report 99: like Detectron2, its ``detector_postprocess``
+drops boxes left with zero width or height after scaling, as one is with these weights). segtron runs three ways: by default (Detectron2's exact
 operations), with MODEL.CHANNELS_LAST (NHWC convolutions, frozen BN folded), and with that plus
 MODEL.WINOGRAD_CONV (NNPACK Winograd / GEMM convolutions in the FPN, RPN and mask head).
 Reports the median of several interleaved runs and segtron's time as a ratio of torchvision's.
@@ -24,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
-from benchmarks.torchvision_peer import build_pair  # noqa: E402
+from benchmarks.torchvision_peer import build_pair, segtron_candidates  # noqa: E402
 
 TARGET_RATIO = 0.55
 HEIGHT, WIDTH = 800, 1067
@@ -53,21 +54,15 @@ def main(argv=None):
             out = torchvision_model(tv_input)[0]
         counts["torchvision"] = (len(out["boxes"]), tuple(out["masks"].shape[-2:]))
 
-    def segtron_runner(name, channels_last, winograd_conv=False):
-        def run():
-            segtron_model.channels_last = channels_last
-            segtron_model.winograd_conv = winograd_conv
-            with torch.inference_mode():
-                out = segtron_model(st_input)[0]["instances"]
-            counts[name] = (len(out), tuple(out.pred_masks.shape[-2:]))
-        return run
+    def run_segtron(name):
+        with torch.inference_mode():
+            out = segtron_model(st_input)[0]["instances"]
+        counts[name] = (len(out), tuple(out.pred_masks.shape[-2:]))
 
-    times = time_interleaved({
-        "torchvision": run_torchvision,
-        "segtron": segtron_runner("segtron", False),
-        "segtron MODEL.CHANNELS_LAST": segtron_runner("segtron MODEL.CHANNELS_LAST", True),
-        "segtron + MODEL.WINOGRAD_CONV": segtron_runner("segtron + MODEL.WINOGRAD_CONV", True, True),
-    }, repeats=args.repeats)
+    times = time_interleaved(
+        {"torchvision": run_torchvision, **segtron_candidates(segtron_model, run_segtron)},
+        repeats=args.repeats,
+    )
     print(f"Mask R-CNN R50-FPN inference, {HEIGHT}x{WIDTH}, batch 1 ({machine_line()})")
     print(f"detections and mask size: {counts}")
     print(ratio_table(times, reference="torchvision", target=TARGET_RATIO))

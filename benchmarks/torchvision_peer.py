@@ -17,9 +17,16 @@ from segtron.checkpoint.torchvision_model_loading import (
 )
 from segtron.modeling import build_model
 
-__all__ = ["build_pair", "NUM_CLASSES"]
+__all__ = ["build_pair", "segtron_candidates", "NUM_CLASSES", "SEGTRON_MODES"]
 
 NUM_CLASSES = 80  # foreground classes; torchvision counts background too (81)
+
+# The segtron rows of a benchmark: name -> (MODEL.CHANNELS_LAST, MODEL.WINOGRAD_CONV).
+SEGTRON_MODES = {
+    "segtron": (False, False),
+    "segtron MODEL.CHANNELS_LAST": (True, False),
+    "segtron + MODEL.WINOGRAD_CONV": (True, True),
+}
 
 
 def build_torchvision(frozen_bn: bool, score_thresh: float):
@@ -115,3 +122,18 @@ def build_pair(frozen_bn: bool, score_thresh: float = 0.0, min_size: int = 800,
     st_model = build_segtron(frozen_bn, score_thresh, min_size, max_size)
     st_model.load_state_dict(torchvision_to_segtron_state_dict(tv_model.state_dict()), strict=True)
     return tv_model, st_model
+
+
+def segtron_candidates(model, run_once):
+    """One timing candidate per entry of ``SEGTRON_MODES``: each sets ``model``'s
+    ``channels_last`` and ``winograd_conv`` (the two keys' runtime switches) and then calls
+    ``run_once(name)``. Returns {name: zero-argument callable}."""
+
+    def candidate(name, channels_last, winograd_conv):
+        def run():
+            model.channels_last = channels_last
+            model.winograd_conv = winograd_conv
+            return run_once(name)
+        return run
+
+    return {name: candidate(name, *flags) for name, flags in SEGTRON_MODES.items()}

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
-from benchmarks.torchvision_peer import NUM_CLASSES, build_pair  # noqa: E402
+from benchmarks.torchvision_peer import NUM_CLASSES, build_pair, segtron_candidates  # noqa: E402
 from segtron.structures import BitMasks, Boxes, Instances  # noqa: E402
 from segtron.utils.events import EventStorage  # noqa: E402
 
@@ -80,25 +80,19 @@ def main(argv=None):
         tv_optimizer.step()
         losses_seen["torchvision"] = sorted(losses)
 
-    def segtron_runner(name, channels_last, winograd_conv=False):
-        def run():
-            segtron_model.channels_last = channels_last
-            segtron_model.winograd_conv = winograd_conv
-            with EventStorage():
-                losses = segtron_model(st_inputs)
-            total = sum(losses.values())
-            st_optimizer.zero_grad()
-            total.backward()
-            st_optimizer.step()
-            losses_seen[name] = sorted(losses)
-        return run
+    def run_segtron(name):
+        with EventStorage():
+            losses = segtron_model(st_inputs)
+        total = sum(losses.values())
+        st_optimizer.zero_grad()
+        total.backward()
+        st_optimizer.step()
+        losses_seen[name] = sorted(losses)
 
-    times = time_interleaved({
-        "torchvision": run_torchvision,
-        "segtron": segtron_runner("segtron", False),
-        "segtron MODEL.CHANNELS_LAST": segtron_runner("segtron MODEL.CHANNELS_LAST", True),
-        "segtron + MODEL.WINOGRAD_CONV": segtron_runner("segtron + MODEL.WINOGRAD_CONV", True, True),
-    }, repeats=args.repeats)
+    times = time_interleaved(
+        {"torchvision": run_torchvision, **segtron_candidates(segtron_model, run_segtron)},
+        repeats=args.repeats,
+    )
     print(f"Mask R-CNN R50-FPN training step, batch {BATCH} x {HEIGHT}x{WIDTH}, {BOXES} boxes "
           f"per image, BatchNorm ({machine_line()})")
     print(f"losses: {losses_seen}")
