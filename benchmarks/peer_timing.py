@@ -40,15 +40,24 @@ def time_interleaved(candidates: Dict[str, Callable[[], object]], repeats: int =
 
 
 def ratio_table(times: Dict[str, List[float]], reference: str, target: float = None) -> str:
-    """A table of medians (ms), spread, and each candidate's median divided by ``reference``'s."""
-    ref = statistics.median(times[reference])
+    """A table per candidate: median (ms), range, the ratio of its median to ``reference``'s
+    median, and the median and range of its per-round ratios (run i / reference's run i; the
+    runs of a round are back to back, so this spread shows how far machine noise moves a
+    ratio). Returns the table as GitHub markdown, plus the target line when ``target`` is given.
+    """
+    ref_runs = times[reference]
+    ref = statistics.median(ref_runs)
     rows = []
     for name, runs in times.items():
         med = statistics.median(runs)
+        per_round = [a / b for a, b in zip(runs, ref_runs)]
         rows.append([name, f"{med * 1e3:.0f}", f"{min(runs) * 1e3:.0f}-{max(runs) * 1e3:.0f}",
-                     f"{med / ref:.3f}"])
+                     f"{med / ref:.3f}",
+                     f"{statistics.median(per_round):.3f} ({min(per_round):.2f}-"
+                     f"{max(per_round):.2f})"])
     table = tabulate(rows, headers=["implementation", "median ms", "range ms",
-                                    f"ratio to {reference}"], tablefmt="github")
+                                    f"ratio to {reference}", "per-round ratio (range)"],
+                     tablefmt="github", disable_numparse=True)
     if target is not None:
         table += f"\ntarget ratio <= {target}"
     return table
