@@ -18,7 +18,7 @@ from .mask_ops import paste_masks_in_image
 from .nms import batched_nms, batched_nms_topk, nms
 from .roi_align import ROIAlign, roi_align
 from .shape_spec import ShapeSpec
-from .winograd import enable_winograd_conv, winograd_available
+from .winograd import winograd_available
 from .wrappers import (
     BatchNorm2d,
     Conv2d,
@@ -28,6 +28,7 @@ from .wrappers import (
     check_if_dynamo_compiling,
     cross_entropy,
     disable_torch_compiler,
+    enable_winograd_conv,
     empty_input_loss_func_wrapper,
     interpolate,
     move_device_like,

@@ -29,7 +29,6 @@ __all__ = [
     "winograd_applies",
     "winograd_conv3x3",
     "pointwise_conv_nchw",
-    "enable_winograd_conv",
 ]
 
 # NNPACK beats oneDNN's direct convolution on maps of at least this many pixels per image, or
@@ -166,26 +165,3 @@ def pointwise_conv_nchw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         out = (torch.bmm(matrices, columns) if bias is None
                else torch.baddbmm(bias[None, :, None], matrices, columns))
     return out.view(n, -1, h, w)
-
-
-def enable_winograd_conv(module: nn.Module, enabled: bool = True, exclude=()) -> int:
-    """Set ``winograd`` on every segtron ``Conv2d`` under ``module`` (see ``Conv2d``).
-
-    Args:
-        module: the root module.
-        enabled: the value to set.
-        exclude: names of sub-modules (as in ``named_modules``) whose convs are left alone,
-            e.g. ``("backbone.bottom_up",)`` to keep a channels-last ResNet on oneDNN.
-    Returns:
-        the number of convs whose flag was set.
-    """
-    from .wrappers import Conv2d
-
-    count = 0
-    for name, child in module.named_modules():
-        if any(name == e or name.startswith(e + ".") for e in exclude):
-            continue
-        if isinstance(child, Conv2d):
-            child.winograd = bool(enabled)
-            count += 1
-    return count

@@ -18,6 +18,7 @@ __all__ = [
     "BatchNorm2d",
     "is_channels_last",
     "Conv2d",
+    "enable_winograd_conv",
     "ConvTranspose2d",
     "Linear",
     "cat",
@@ -212,6 +213,27 @@ class Conv2d(nn.Conv2d):
             else:
                 x = self.activation(x)
         return x
+
+
+def enable_winograd_conv(module: nn.Module, enabled: bool = True, exclude=()) -> int:
+    """Set ``winograd`` on every segtron :class:`Conv2d` under ``module``.
+
+    Args:
+        module: the root module.
+        enabled: the value to set.
+        exclude: names of sub-modules (as in ``named_modules``) whose convs are left alone,
+            e.g. ``("backbone.bottom_up",)`` to keep a channels-last ResNet on oneDNN.
+    Returns:
+        the number of convs whose flag was set.
+    """
+    count = 0
+    for name, child in module.named_modules():
+        if any(name == e or name.startswith(e + ".") for e in exclude):
+            continue
+        if isinstance(child, Conv2d):
+            child.winograd = bool(enabled)
+            count += 1
+    return count
 
 
 def _is_relu(activation: Callable) -> bool:
