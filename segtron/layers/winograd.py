@@ -10,9 +10,10 @@ Two kernels, both writing NCHW outputs:
   gradient torch's own backward: a 256->256 conv on 2 x 128x176 maps, forward and backward,
   takes ~610 ms instead of ~960 ms.
 - 1x1 stride-1 convolutions run as matrix products ``W @ X_n`` that write NCHW: on NCHW
-  inputs always (oneDNN is 2.5x slower on few output channels, e.g. the RPN's logits), and in
-  inference on one channels-last image too, read as it is, so a channels-last backbone feeds
-  the NCHW maps NNPACK works on without a separate transposing copy.
+  inputs (oneDNN is 2.5x slower on few output channels, e.g. the RPN's logits; in training
+  only for a few images, not large ROI batches), and in inference on one channels-last image
+  too, read as it is, so a channels-last backbone feeds the NCHW maps NNPACK works on without
+  a separate transposing copy.
 
 Where NNPACK is missing (some builds) or slower (small maps, narrow convs) the ordinary
 convolution runs instead. NNPACK sizes its thread pool from ``torch.get_num_threads()`` at its
@@ -36,6 +37,9 @@ __all__ = [
 # 256 channels (200x272: 2.5x faster, 50x68: 1.5x, 25x34: equal, 100 ROIs of 14x14: 1.45x).
 _MIN_PIXELS_PER_IMAGE = 2048
 _MIN_PIXELS_PER_BATCH = 4096
+# With autograd, 1x1 products are used while the per-image weight gradients they sum (N x K x C
+# floats) stay this small; 2 x 256 x 2048 on FPN levels, 100 x 80 x 256 for a mask predictor.
+_MAX_PER_IMAGE_WEIGHT_GRADS = 1 << 22
 # Narrow convolutions gain too little to pay for reading NHWC inputs as NCHW.
 _MIN_CHANNEL_PRODUCT = 128 * 128
 
@@ -68,7 +72,12 @@ def winograd_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         # backward writes an NCHW gradient into the channels-last backbone.
         if conv.padding != (0, 0):
             return False
-        return x.is_contiguous() or (x.shape[0] == 1 and not torch.is_grad_enabled())
+        if not x.is_contiguous():
+            return x.shape[0] == 1 and not torch.is_grad_enabled()
+        # With autograd the weight gradient is one (K, C) product per image, summed: fine for
+        # a few maps or a mask predictor, 2x slower than oneDNN for big ROI batches (C4's res5).
+        return (not torch.is_grad_enabled()
+                or x.shape[0] * conv.in_channels * conv.out_channels <= _MAX_PER_IMAGE_WEIGHT_GRADS)
     if conv.kernel_size != (3, 3) or not winograd_available():
         return False
     if conv.padding not in ((0, 0), (1, 1)):

@@ -132,6 +132,11 @@ def test_winograd_applies_only_to_cpu_float_inference_convs(monkeypatch):
     # With autograd (training) the 3x3 kernels apply, and the 1x1 products on NCHW inputs only.
     assert winograd_applies(conv3, big)
     assert winograd_applies(nn.Conv2d(128, 3, 1), big)
+    # ... but not on a large ROI batch, whose per-image weight gradients would be summed.
+    assert winograd_applies(nn.Conv2d(256, 80, 1), torch.zeros(100, 256, 28, 28))
+    assert not winograd_applies(nn.Conv2d(2048, 512, 1), torch.zeros(512, 2048, 7, 7))
+    with torch.no_grad():
+        assert winograd_applies(nn.Conv2d(2048, 512, 1), torch.zeros(512, 2048, 7, 7))
     assert not winograd_applies(
         nn.Conv2d(128, 3, 1), big.contiguous(memory_format=torch.channels_last))
     monkeypatch.setattr(winograd, "winograd_available", lambda: False)
