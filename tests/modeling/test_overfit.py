@@ -11,7 +11,7 @@ from segtron.config import get_cfg
 from segtron.data import DatasetMapper
 from segtron.data.datasets.coco import load_coco_json
 from segtron.data.datasets.shapes import SHAPES_CLASSES, generate_shapes_dataset
-from segtron.layers import winograd
+from segtron.layers import winograd, wrappers
 from segtron.layers.winograd import winograd_available
 from segtron.modeling import build_model
 from segtron.utils.events import EventStorage
@@ -104,9 +104,12 @@ def test_winograd_training_step_matches_default(batch, monkeypatch):
     cfg.MODEL.CHANNELS_LAST = True
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    nnpack_calls = []
+    nnpack_calls, product_calls = [], []
     monkeypatch.setattr(winograd, "_nnpack_conv3x3",
                         _counting(winograd._nnpack_conv3x3, nnpack_calls))
+    # The RPN's 1x1 convs read the Winograd convs' NCHW maps: matrix products, with autograd.
+    monkeypatch.setattr(wrappers, "pointwise_conv_nchw",
+                        _counting(wrappers.pointwise_conv_nchw, product_calls))
     results = []
     for enabled in (False, True):
         model.winograd_conv = enabled
@@ -117,7 +120,7 @@ def test_winograd_training_step_matches_default(batch, monkeypatch):
         sum(losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append(({k: v.item() for k, v in losses.items()}, grads))
-        assert bool(nnpack_calls) == enabled
+        assert bool(nnpack_calls) == enabled and bool(product_calls) == enabled
     (losses_ref, grads_ref), (losses_wg, grads_wg) = results
     assert losses_wg == pytest.approx(losses_ref, rel=1e-4, abs=1e-6)
     assert grads_wg.keys() == grads_ref.keys()
