@@ -60,7 +60,7 @@ class ROIAlign(nn.Module):
             # Keep the graph connected so backward through an empty batch works.
             return input.new_zeros((0, input.shape[1], out_h, out_w)) + input.sum() * 0
         if input.device.type == "cpu" and is_channels_last(input):
-            # NHWC features (MODEL.CHANNELS_LAST): a multi-threaded sparse matmul, no NCHW copy.
+            # NHWC features (MODEL.CHANNELS_LAST): a multi-threaded sparse product, no NCHW copy.
             return roi_align_nhwc(input, rois, _pair(self.output_size), self.spatial_scale,
                                   self.sampling_ratio, self.aligned)
         return roi_align(

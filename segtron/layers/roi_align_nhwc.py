@@ -4,15 +4,16 @@ ROIAlign is linear in the features: every output value is a weighted sum of feat
 (bilinear weights of the bin's sample points, divided by the number of samples). Viewing an
 NHWC map as an (N*H*W, C) matrix, which needs no copy, the pooled output of all boxes is
 ``S @ F`` for a sparse matrix S with one row per (box, bin) and a few non-zeros per row. Its
-backward is ``S^T @ grad``. Both products run multi-threaded, where torchvision's CPU kernels
-are single-threaded and need NCHW input. Sample points, clamping and validity follow
+backward is ``S^T @ grad``. Both products run as ``embedding_bag`` sums (weighted row
+gathers; multi-threaded, no zero-filled output), where torchvision's CPU kernels are
+single-threaded and need NCHW input. Sample points, clamping and validity follow
 ``torchvision.ops.roi_align`` exactly; only the summation order differs (float rounding).
 """
 
-import warnings
 from typing import Tuple
 
 import torch
+from torch.nn import functional as F
 
 __all__ = ["roi_align_nhwc"]
 
@@ -94,18 +95,48 @@ def roi_align_nhwc(input: torch.Tensor, rois: torch.Tensor, output_size: Tuple[i
               * x_weight.view(r, 1, out_w, 1, 1, max_gw, 2)) / count.view(r, 1, 1, 1, 1, 1, 1)
     # Rows are (box, bin) in order, so CSR is built directly. Boxes share the largest box's
     # sampling grid, so most taps of small boxes are zero: they are dropped here, which keeps
-    # the matrix small for the backward product (whose transpose sorts the non-zeros).
+    # the gathers (and the transpose of the backward) small.
     num_rows = r * out_h * out_w
     values = values.reshape(num_rows, -1)
     keep = values != 0
     crow = torch.zeros(num_rows + 1, dtype=torch.long, device=input.device)
     torch.cumsum(keep.sum(dim=1), dim=0, out=crow[1:])
-    cols, values = cols.reshape(num_rows, -1)[keep], values[keep]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        matrix = torch.sparse_csr_tensor(
-            crow, cols, values.to(input.dtype), (num_rows, n * h * w)
-        )
-        features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for NHWC input
-        pooled = torch.sparse.mm(matrix, features)
+    cols, values = cols.reshape(num_rows, -1)[keep], values[keep].to(input.dtype)
+    features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for NHWC input
+    pooled = _SparseRowsProduct.apply(features, crow, cols, values)
     return pooled.view(r, out_h, out_w, c).permute(0, 3, 1, 2)
+
+
+def _csr_product(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+                 dense: torch.Tensor) -> torch.Tensor:
+    """``S @ dense`` for the CSR matrix S = (crow, cols, values): row i of the result is the
+    sum of ``values[k] * dense[cols[k]]`` over k in [crow[i], crow[i+1]); empty rows are 0.
+    Returns (len(crow) - 1, dense.shape[1])."""
+    return F.embedding_bag(cols, dense, crow[:-1], mode="sum", per_sample_weights=values)
+
+
+class _SparseRowsProduct(torch.autograd.Function):
+    """``S @ features`` (see :func:`_csr_product`), differentiable w.r.t. ``features`` only;
+    the backward multiplies by S^T, built by sorting the non-zeros by column."""
+
+    @staticmethod
+    def forward(ctx, features, crow, cols, values):
+        ctx.save_for_backward(crow, cols, values)
+        ctx.num_features = features.shape[0]
+        return _csr_product(crow, cols, values, features)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        crow, cols, values = ctx.saved_tensors
+        rows = torch.repeat_interleave(
+            torch.arange(crow.numel() - 1, device=crow.device), crow[1:] - crow[:-1]
+        )
+        order = torch.argsort(cols, stable=True)
+        transposed_crow = torch.zeros(ctx.num_features + 1, dtype=torch.long, device=crow.device)
+        torch.cumsum(torch.bincount(cols, minlength=ctx.num_features), dim=0,
+                     out=transposed_crow[1:])
+        grad_features = _csr_product(transposed_crow, rows[order], values[order],
+                                     grad.contiguous())
+        return grad_features, None, None, None

@@ -47,6 +47,14 @@ def test_gradient_equals_torchvision():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
+def test_gradient_passes_gradcheck_in_float64():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 3, 9, 11, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    rois = _rois(6, 9, 11, 1.0, g).double()
+    assert torch.autograd.gradcheck(lambda t: roi_align_nhwc(t, rois, (3, 2), 1.0, 0, True), (x,))
+
+
 def test_module_dispatches_on_layout():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(1, 4, 12, 12, generator=g)
