@@ -442,3 +442,24 @@ def test_box_head_reads_nhwc_maps_as_a_convolution_in_inference():
     assert not calls, "the NHWC map went through the flatten copy"
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(head(nhwc), head(x))  # with autograd: the usual flatten + linear
+
+
+def test_box_head_nhwc_kernel_follows_weight_updates():
+    """The channels-last fc1 kernel kept between inference calls is rebuilt when the weight
+    changes in place (an optimizer step, load_state_dict) and dropped by train()."""
+    torch.manual_seed(0)
+    head = FastRCNNConvFCHead(ShapeSpec(channels=8, height=7, width=7), conv_dims=[],
+                              fc_dims=[16]).eval()
+    x = torch.randn(3, 8, 7, 7)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        head(nhwc)
+        kernel = head._nhwc_kernel_cache[1]
+        head(nhwc)
+        assert head._nhwc_kernel_cache[1] is kernel  # reused while the weight is unchanged
+        head.fc1.weight.mul_(2.0)
+        torch.testing.assert_close(head(nhwc), head(x), rtol=1e-5, atol=1e-6)
+        head.load_state_dict({k: v * 0.5 for k, v in head.state_dict().items()})
+        torch.testing.assert_close(head(nhwc), head(x), rtol=1e-5, atol=1e-6)
+    head.train()
+    assert head._nhwc_kernel_cache is None
