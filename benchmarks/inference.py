@@ -5,9 +5,10 @@ segtron with its preprocessing and pooler settings (see ``torchvision_peer.py``)
 the same proposals and detections. 80 classes, FrozenBN in both backbones (what each library
 uses with pretrained weights), score threshold 0 so both compute 100 detections with masks
 pasted at full resolution (segtron may report 99: like Detectron2, its ``detector_postprocess``
-drops boxes left with zero width or height after scaling, as one is with these weights). segtron runs three ways: by default (Detectron2's exact
-operations), with MODEL.CHANNELS_LAST (NHWC convolutions, frozen BN folded), and with that plus
-MODEL.WINOGRAD_CONV (NNPACK Winograd / GEMM convolutions in the FPN, RPN and mask head).
+drops boxes left with zero width or height after scaling, as one is with these weights).
+segtron runs three ways: by default (Detectron2's exact operations), with MODEL.CHANNELS_LAST
+(NHWC convolutions, frozen BN folded), and with that plus MODEL.WINOGRAD_CONV (NNPACK Winograd
+/ GEMM convolutions in the FPN, RPN and mask head).
 Reports the median of several interleaved runs and segtron's time as a ratio of torchvision's.
 
 Run from the repository root::

@@ -391,4 +391,6 @@ _C.GLOBAL.HACK = 1.0
 
 # Keys segtron adds to Detectron2's set (fully-qualified names). Kept here so the parity test can
 # tell an intended addition from an accident.
-SEGTRON_ADDED_KEYS = ("MODEL.CHANNELS_LAST", "MODEL.WINOGRAD_CONV", "SOLVER.OPTIMIZER", "TEST.VAL_LOSS_PERIOD")
+SEGTRON_ADDED_KEYS = (
+    "MODEL.CHANNELS_LAST", "MODEL.WINOGRAD_CONV", "SOLVER.OPTIMIZER", "TEST.VAL_LOSS_PERIOD",
+)

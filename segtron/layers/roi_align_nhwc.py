@@ -99,12 +99,18 @@ def roi_align_nhwc(input: torch.Tensor, rois: torch.Tensor, output_size: Tuple[i
     num_rows = r * out_h * out_w
     values = values.reshape(num_rows, -1)
     keep = values != 0
-    crow = torch.zeros(num_rows + 1, dtype=torch.long, device=input.device)
-    torch.cumsum(keep.sum(dim=1), dim=0, out=crow[1:])
+    crow = _offsets(keep.sum(dim=1))
     cols, values = cols.reshape(num_rows, -1)[keep], values[keep].to(input.dtype)
     features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for NHWC input
     pooled = _SparseRowsProduct.apply(features, crow, cols, values)
     return pooled.view(r, out_h, out_w, c).permute(0, 3, 1, 2)
+
+
+def _offsets(counts: torch.Tensor) -> torch.Tensor:
+    """CSR row offsets (len(counts) + 1,) int64 from the non-zeros per row ``counts``."""
+    offsets = counts.new_zeros(counts.numel() + 1, dtype=torch.long)
+    torch.cumsum(counts, dim=0, out=offsets[1:])
+    return offsets
 
 
 def _csr_product(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
@@ -134,9 +140,7 @@ class _SparseRowsProduct(torch.autograd.Function):
             torch.arange(crow.numel() - 1, device=crow.device), crow[1:] - crow[:-1]
         )
         order = torch.argsort(cols, stable=True)
-        transposed_crow = torch.zeros(ctx.num_features + 1, dtype=torch.long, device=crow.device)
-        torch.cumsum(torch.bincount(cols, minlength=ctx.num_features), dim=0,
-                     out=transposed_crow[1:])
+        transposed_crow = _offsets(torch.bincount(cols, minlength=ctx.num_features))
         grad_features = _csr_product(transposed_crow, rows[order], values[order],
                                      grad.contiguous())
         return grad_features, None, None, None

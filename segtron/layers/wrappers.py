@@ -192,7 +192,9 @@ class Conv2d(nn.Conv2d):
         # output) produced it.
         inplace = conv_only or not torch.is_grad_enabled()
         if self.winograd and conv_only and winograd_applies(self, x):
-            weight, bias = fold(self.weight, self.bias) if fold is not None else (self.weight, self.bias)
+            weight, bias = self.weight, self.bias
+            if fold is not None:
+                weight, bias = fold(weight, bias)
             if self.kernel_size == (1, 1):
                 x = pointwise_conv_nchw(x, weight, bias)
             else:

@@ -370,11 +370,11 @@ def plot_runs(output_dirs: Sequence[str], path: str, smoothing: int = 20,
     """Draw the training curves of one or more runs into one PNG.
 
     Panels: total loss (centred moving average over ``smoothing`` points, or a quarter of the
-    run's points if fewer, see :func:`smooth`; as a line, the raw values faint behind it, validation loss dashed
-    with markers when the run has one), each ``loss_*`` component (smoothed, validation
-    dashed), the learning rate, and ``bbox/AP`` / ``segm/AP`` against the iteration (markers)
-    when a run has evaluation results. Each run
-    has one colour throughout; the legend at the top names the runs by directory.
+    run's points if fewer, see :func:`smooth`; as a line, the raw values faint behind it,
+    validation loss dashed with markers when the run has one), each ``loss_*`` component
+    (smoothed, validation dashed), the learning rate, and ``bbox/AP`` / ``segm/AP`` against the
+    iteration (markers) when a run has evaluation results. Each run has one colour throughout;
+    the legend at the top names the runs by directory.
 
     Args:
         output_dirs: the runs' OUTPUT_DIRs (each with a ``metrics.json``).

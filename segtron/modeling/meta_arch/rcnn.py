@@ -120,8 +120,8 @@ class GeneralizedRCNN(nn.Module):
             channels_last: feed the backbone channels-last (NHWC) batches, which run faster on
                 CPU; results then differ from Detectron2's by float rounding (MODEL.CHANNELS_LAST).
             winograd_conv: on CPU, run the FPN, RPN and ROI-head convolutions with NNPACK's
-                Winograd kernels (3x3) and, in inference, matrix products (1x1), on NCHW maps;
-                the bottom-up network is unchanged (MODEL.WINOGRAD_CONV, ``layers/winograd.py``).
+                Winograd kernels (3x3) and as matrix products (1x1), writing NCHW maps; the
+                bottom-up network is unchanged (MODEL.WINOGRAD_CONV, ``layers/winograd.py``).
                 A settable attribute, like ``channels_last``.
         """
         super().__init__()
