@@ -1,11 +1,14 @@
-"""Every YAML under configs/ merges into get_cfg(); the shipped configs hold Detectron2's values;
-every shapes config trains and predicts."""
+"""Every YAML under configs/ (and projects/*/configs/) merges and builds its model; the shipped
+configs hold Detectron2's values; every shapes config trains and predicts."""
 
+import argparse
 from pathlib import Path
 
 import pytest
 import torch
 
+import train_net
+from segtron import model_zoo
 from segtron.config import get_cfg
 from segtron.config.merge import iter_full_keys
 from segtron.data import DatasetMapper
@@ -14,8 +17,12 @@ from segtron.data.datasets.shapes import generate_shapes_dataset
 from segtron.modeling import build_model
 from segtron.utils.events import EventStorage
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 ALL_YAML = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+PROJECT_YAML = sorted(
+    p.relative_to(REPO).as_posix() for p in (REPO / "projects").glob("*/configs/**/*.yaml")
+)
 R50 = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 
 
@@ -39,6 +46,44 @@ def test_configs_exist():
 def test_every_config_merges(rel):
     cfg = _load(rel)
     assert cfg.VERSION == 2
+
+
+# Shipped configs whose model segtron cannot build yet, and the issue that adds it. Strict: once
+# the model exists the test fails until the entry is removed.
+NOT_BUILT_YET = {
+    "COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml": "PanopticFPN (issue 14)",
+    "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml": "PanopticFPN (issue 14)",
+}
+
+
+def _build_param(path: str):
+    rel = path[len("configs/"):] if path.startswith("configs/") else path
+    if rel in NOT_BUILT_YET:
+        mark = pytest.mark.xfail(strict=True, raises=KeyError, reason=NOT_BUILT_YET[rel])
+        return pytest.param(path, marks=mark)
+    return path
+
+
+@pytest.mark.parametrize(
+    "path", [_build_param(f"configs/{rel}") for rel in ALL_YAML] + PROJECT_YAML
+)
+def test_every_shipped_config_builds_its_model(path):
+    """What ``train_net.py --config-file <path>`` builds (projects' keys and components
+    included), on the CPU: a config naming a missing component is a bug."""
+    cfg = train_net.build_config(
+        argparse.Namespace(config_file=str(REPO / path), opts=["MODEL.DEVICE", "cpu"])
+    )
+    model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_every_model_zoo_entry_is_a_shipped_config():
+    """The model-zoo entries are built by the test above: each is a config under configs/."""
+    from segtron.model_zoo.model_zoo import _ModelZooUrls
+
+    for name in _ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX:
+        assert f"{name}.yaml" in ALL_YAML, name
+        assert model_zoo.get_config(f"{name}.yaml", trained=True).MODEL.WEIGHTS.startswith("https")
 
 
 # Facts from Detectron2's configs: (config, key, value).
@@ -159,10 +204,19 @@ def test_shapes_configs_write_to_their_own_output_dirs():
     assert len(set(output_dirs)) == len(output_dirs), dict(zip(SHAPES_YAML, output_dirs))
 
 
+# Detectron2's loss names per meta-architecture of the shapes configs.
+LOSS_KEYS = {
+    "GeneralizedRCNN": {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"},
+    "RetinaNet": {"loss_cls", "loss_box_reg"},
+    "FCOS": {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"},
+}
+
+
 @pytest.mark.parametrize("rel", SHAPES_YAML)
 def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
     """Each shapes config builds its model, takes a training step's forward/backward on mapped
-    shapes images (augmentations of the config included) and predicts masks in eval mode."""
+    shapes images (augmentations of the config included) and predicts in eval mode (masks
+    too when MODEL.MASK_ON)."""
     cfg = _load(rel)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -170,7 +224,7 @@ def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
     assert min(batch[0]["image"].shape[-2:]) in cfg.INPUT.MIN_SIZE_TRAIN
     with EventStorage():
         losses = model(batch)
-    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+    assert set(losses) == LOSS_KEYS[cfg.MODEL.META_ARCHITECTURE]
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -182,4 +236,5 @@ def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
     for d, out in zip(shapes_dicts, outputs):
         instances = out["instances"]
         assert instances.image_size == (d["height"], d["width"])
-        assert instances.has("pred_masks") and len(instances) <= cfg.TEST.DETECTIONS_PER_IMAGE
+        assert instances.has("pred_masks") == cfg.MODEL.MASK_ON
+        assert len(instances) <= cfg.TEST.DETECTIONS_PER_IMAGE

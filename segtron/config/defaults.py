@@ -266,22 +266,62 @@ _C.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.5
 # RetinaNet
 # -----------------------------------------------------------------------------
 _C.MODEL.RETINANET = CN()
+# Number of object classes (no background class).
 _C.MODEL.RETINANET.NUM_CLASSES = 80
+# Backbone outputs the head runs on, finest first (one anchor size list per level).
 _C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+# Hidden 3x3 convs in each of the two subnets (classification, box regression).
 _C.MODEL.RETINANET.NUM_CONVS = 4
+# Anchor labels by IoU with the best gt: < 0.4 background (0), 0.4-0.5 ignored (-1), >= 0.5
+# foreground (1); each gt also claims its best anchors.
 _C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
 _C.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]
 # Initial foreground probability of the classification layer.
 _C.MODEL.RETINANET.PRIOR_PROB = 0.01
+# Inference keeps (anchor, class) scores above this, then the top-k per level, then NMS per class.
 _C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
 _C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
 _C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5
+# Weights (wx, wy, ww, wh) of the anchor-to-box deltas.
 _C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+# Sigmoid focal loss: alpha weighs foreground targets (1 - alpha background), gamma the focus.
 _C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
 _C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
+# Beta of the smooth-L1 box loss, in delta units; 0 is plain L1.
 _C.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.1
+# "smooth_l1" (on deltas), "giou", "diou" or "ciou" (on decoded boxes).
 _C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
+# Norm after each hidden conv of the head: "" (none), "GN", "BN" / "SyncBN" (statistics per level).
 _C.MODEL.RETINANET.NORM = ""
+
+# -----------------------------------------------------------------------------
+# FCOS (segtron: Detectron2 configures FCOS only in Python; these are its defaults)
+# -----------------------------------------------------------------------------
+_C.MODEL.FCOS = CN()
+# Number of object classes (no background class).
+_C.MODEL.FCOS.NUM_CLASSES = 80
+# Backbone outputs the head runs on, finest first. Level i (stride s) is responsible for gt
+# boxes whose largest distance from the point to a side is in (4s, 8s), the finest level from 0
+# and the coarsest to infinity (P3-P7: 0-64, 64-128, 128-256, 256-512, 512+ px).
+_C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+# Hidden 3x3 convs in each of the two subnets; the centerness branch shares the box subnet.
+_C.MODEL.FCOS.NUM_CONVS = 4
+# Norm after each hidden conv of the head ("GN", "", "BN", ...).
+_C.MODEL.FCOS.NORM = "GN"
+# Initial foreground probability of the classification layer.
+_C.MODEL.FCOS.PRIOR_PROB = 0.01
+# A point is a positive for a gt box only if it lies inside the box and within this many
+# strides of the box centre (in each axis).
+_C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+# Sigmoid focal loss weights, as for RetinaNet.
+_C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+# Box loss on the decoded boxes: "giou" (Detectron2's), "diou", "ciou" or "smooth_l1".
+_C.MODEL.FCOS.BBOX_REG_LOSS_TYPE = "giou"
+# Inference: score = sqrt(class probability * centerness) > this, top-k per level, NMS per class.
+_C.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
+_C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
 # -----------------------------------------------------------------------------
 # ResNet
@@ -393,4 +433,8 @@ _C.GLOBAL.HACK = 1.0
 # tell an intended addition from an accident.
 SEGTRON_ADDED_KEYS = (
     "MODEL.CHANNELS_LAST", "MODEL.WINOGRAD_CONV", "SOLVER.OPTIMIZER", "TEST.VAL_LOSS_PERIOD",
+    "MODEL.FCOS.NUM_CLASSES", "MODEL.FCOS.IN_FEATURES", "MODEL.FCOS.NUM_CONVS", "MODEL.FCOS.NORM",
+    "MODEL.FCOS.PRIOR_PROB", "MODEL.FCOS.CENTER_SAMPLING_RADIUS", "MODEL.FCOS.FOCAL_LOSS_ALPHA",
+    "MODEL.FCOS.FOCAL_LOSS_GAMMA", "MODEL.FCOS.BBOX_REG_LOSS_TYPE", "MODEL.FCOS.SCORE_THRESH_TEST",
+    "MODEL.FCOS.TOPK_CANDIDATES_TEST", "MODEL.FCOS.NMS_THRESH_TEST",
 )

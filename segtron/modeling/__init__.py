@@ -1,7 +1,7 @@
 """Models: backbones, proposal generators, ROI heads and meta-architectures, all registry-built.
 
 Importing this package registers every builtin component, so ``build_model(cfg)`` can find any
-name a Detectron2 config uses for the R-CNN family.
+name a Detectron2 config uses for the R-CNN family and the dense detectors.
 """
 
 from ..layers import ShapeSpec
@@ -16,7 +16,15 @@ from .backbone import (
     build_resnet_backbone,
     make_stage,
 )
-from .meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model
+from .meta_arch import (
+    META_ARCH_REGISTRY,
+    FCOS,
+    DenseDetector,
+    GeneralizedRCNN,
+    ProposalNetwork,
+    RetinaNet,
+    build_model,
+)
 from .postprocessing import detector_postprocess
 from .proposal_generator import (
     PROPOSAL_GENERATOR_REGISTRY,

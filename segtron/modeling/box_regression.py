@@ -16,7 +16,12 @@ from torch.nn import functional as F
 from ..layers import cat, ciou_loss, diou_loss, giou_loss, smooth_l1_loss
 from ..structures import Boxes
 
-__all__ = ["Box2BoxTransform", "Box2BoxTransformLinear", "_dense_box_regression_loss"]
+__all__ = [
+    "Box2BoxTransform",
+    "Box2BoxTransformLinear",
+    "_dense_box_regression_loss",
+    "check_box_reg_loss_type",
+]
 
 _DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 """Largest dw / dh applied: enough to turn a 16 px box into a 1000 px one."""
@@ -239,6 +244,17 @@ class Box2BoxTransformLinear:
 _IOU_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
 
+def check_box_reg_loss_type(name: str, key: str) -> str:
+    """Return ``name`` if it is a box-regression loss of :func:`_dense_box_regression_loss`
+    ("smooth_l1", "giou", "diou", "ciou"); else raise ValueError naming the config ``key``."""
+    if name != "smooth_l1" and name not in _IOU_LOSSES:
+        raise ValueError(
+            f"{key} = {name!r} is not a box regression loss; use one of "
+            f"{['smooth_l1', *_IOU_LOSSES]}."
+        )
+    return name
+
+
 def _dense_box_regression_loss(
     anchors: List[Union[Boxes, torch.Tensor]],
     box2box_transform: Union[Box2BoxTransform, Box2BoxTransformLinear],
@@ -264,6 +280,7 @@ def _dense_box_regression_loss(
     Returns:
         scalar tensor, the SUM of the loss over all foreground anchors (callers normalise).
     """
+    check_box_reg_loss_type(box_reg_loss_type, "box_reg_loss_type (e.g. MODEL.RPN.BBOX_REG_LOSS_TYPE)")
     if isinstance(anchors[0], Boxes):
         anchors = Boxes.cat(list(anchors)).tensor
     else:
@@ -284,10 +301,5 @@ def _dense_box_regression_loss(
     if box_reg_loss_type == "smooth_l1":
         target = box2box_transform.get_deltas(fg_anchors, fg_gt)
         return smooth_l1_loss(fg_pred, target, beta=smooth_l1_beta, reduction="sum")
-    if box_reg_loss_type in _IOU_LOSSES:
-        decoded = box2box_transform.apply_deltas(fg_pred, fg_anchors)
-        return _IOU_LOSSES[box_reg_loss_type](decoded, fg_gt, reduction="sum")
-    raise ValueError(
-        f"Invalid dense box regression loss type {box_reg_loss_type!r} "
-        "(e.g. MODEL.RPN.BBOX_REG_LOSS_TYPE); use 'smooth_l1', 'giou', 'diou' or 'ciou'."
-    )
+    decoded = box2box_transform.apply_deltas(fg_pred, fg_anchors)
+    return _IOU_LOSSES[box_reg_loss_type](decoded, fg_gt, reduction="sum")

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
-__all__ = ["EventStorage", "get_event_storage", "EventStorageError"]
+__all__ = ["EventStorage", "get_event_storage", "EventStorageError", "put_scalars_if_recording"]
 
 _CURRENT_STORAGE_STACK: List["EventStorage"] = []
 
@@ -34,6 +34,15 @@ def get_event_storage() -> "EventStorage":
             "Wrap the training loop (or the test) in `with EventStorage(start_iter):`."
         )
     return _CURRENT_STORAGE_STACK[-1]
+
+
+def put_scalars_if_recording(**scalars: float) -> bool:
+    """``get_event_storage().put_scalars(**scalars)`` inside a training loop; outside one
+    (e.g. a unit test calling a loss directly) nothing is recorded. Returns whether it was."""
+    if not _CURRENT_STORAGE_STACK:
+        return False
+    _CURRENT_STORAGE_STACK[-1].put_scalars(**scalars)
+    return True
 
 
 class EventStorage:

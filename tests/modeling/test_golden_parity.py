@@ -14,62 +14,21 @@ import numpy as np
 import pytest
 import torch
 
-from segtron.config import get_cfg
-from segtron.data import detection_utils
-from segtron.data import transforms as T
-from segtron.layers.winograd import winograd_available
-from segtron.modeling import build_model
-from tests.conftest import lift_winograd_limits
+from tests.modeling.golden import MODES, golden_inputs, golden_mode, golden_model
 
 FIXTURE = "golden/mask_rcnn_R50_FPN_thin"
 
 
-def load_golden_weights(path):
-    """The fixture's state dict: float tensors stored as float16 are cast to float32."""
-    with np.load(path) as npz:
-        out = {}
-        for name in npz.files:
-            array = npz[name]
-            tensor = torch.from_numpy(array.astype(np.float32) if array.dtype == np.float16 else array)
-            out[name] = tensor
-    return out
-
-
-# Detectron2's exact operations; NHWC convolutions with frozen BN folded; and those plus the
-# Winograd/GEMM inference convolutions, forced onto every eligible conv of the thin model
-# (whose 32-channel FPN is below the size at which they are chosen by default).
-MODES = ["exact", "channels_last", "winograd"]
-
-
 @pytest.fixture(scope="module", params=MODES)
 def golden(compat_dir, request):
-    with pytest.MonkeyPatch.context() as patch:
-        if request.param == "winograd":
-            if not winograd_available():
-                pytest.skip("this torch build has no NNPACK for this CPU")
-            lift_winograd_limits(patch)
+    with golden_mode(request.param):
         yield _run_golden(compat_dir, request.param)
 
 
 def _run_golden(compat_dir, mode):
     root = compat_dir / FIXTURE
-    cfg = get_cfg()
-    cfg.merge_from_file(str(root / "config.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.CHANNELS_LAST = mode in ("channels_last", "winograd")
-    cfg.MODEL.WINOGRAD_CONV = mode == "winograd"
-    model = build_model(cfg).eval()
-    incompatible = model.load_state_dict(load_golden_weights(root / "weights_fp16.npz"), strict=True)
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys
-
-    image = detection_utils.read_image(str(root / "image.png"), format=cfg.INPUT.FORMAT)
-    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    resized = resize.get_transform(image).apply_image(image)
-    batched = [{
-        "image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),
-        "height": image.shape[0],
-        "width": image.shape[1],
-    }]
+    cfg, model = golden_model(root, mode)
+    batched = golden_inputs(root, cfg)
     with torch.no_grad():
         images = model.preprocess_image(batched)
         features = model.backbone(images.tensor)

@@ -7,6 +7,7 @@ from .fpn import (
     LastLevelMaxPool,
     LastLevelP6P7,
     build_resnet_fpn_backbone,
+    build_fcos_resnet_fpn_backbone,
     build_retinanet_resnet_fpn_backbone,
 )
 from .resnet import (
@@ -37,4 +38,5 @@ __all__ = [
     "LastLevelP6P7",
     "build_resnet_fpn_backbone",
     "build_retinanet_resnet_fpn_backbone",
+    "build_fcos_resnet_fpn_backbone",
 ]

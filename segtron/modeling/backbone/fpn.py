@@ -23,6 +23,7 @@ __all__ = [
     "LastLevelP6P7",
     "build_resnet_fpn_backbone",
     "build_retinanet_resnet_fpn_backbone",
+    "build_fcos_resnet_fpn_backbone",
 ]
 
 
@@ -233,6 +234,18 @@ class LastLevelP6P7(nn.Module):
         return [p6, p7]
 
 
+def _fpn_from_config(cfg, bottom_up: Backbone, top_block: nn.Module) -> FPN:
+    """An FPN over ``bottom_up`` with MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE}."""
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
 @BACKBONE_REGISTRY.register()
 def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet (``build_resnet_backbone``) + FPN with a :class:`LastLevelMaxPool` top block.
@@ -243,15 +256,7 @@ def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     Returns:
         an :class:`FPN` with outputs p2..p6 for the usual ``res2..res5`` in_features.
     """
-    bottom_up = build_resnet_backbone(cfg, input_shape)
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return _fpn_from_config(cfg, build_resnet_backbone(cfg, input_shape), LastLevelMaxPool())
 
 
 @BACKBONE_REGISTRY.register()
@@ -272,12 +277,22 @@ def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
             "build_retinanet_resnet_fpn_backbone feeds P6/P7 from res5, but "
             f"MODEL.RESNETS.OUT_FEATURES={list(cfg.MODEL.RESNETS.OUT_FEATURES)} has no 'res5'."
         )
+    top_block = LastLevelP6P7(shapes["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
+    return _fpn_from_config(cfg, bottom_up, top_block)
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """ResNet + FPN with a :class:`LastLevelP6P7` top block fed by ``p5`` (FCOS).
+
+    FCOS computes P6 from the FPN's P5 rather than from C5 (Sec. 2.2 of
+    https://arxiv.org/abs/2006.09214; Detectron2's FCOS config does the same, and so does
+    torchvision's RetinaNet), so the top block's input has MODEL.FPN.OUT_CHANNELS channels.
+    Reads the same keys as :func:`build_resnet_fpn_backbone`.
+
+    Returns:
+        an :class:`FPN` with outputs p3..p7 for ``res3..res5`` in_features.
+    """
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(shapes["res5"].channels, out_channels),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    top_block = LastLevelP6P7(out_channels, out_channels, in_feature="p5")
+    return _fpn_from_config(cfg, build_resnet_backbone(cfg, input_shape), top_block)

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from ...config import configurable
-from ...layers import enable_winograd_conv, move_device_like
 from ...structures import ImageList, Instances
 from ...utils.events import get_event_storage
 from ..backbone import Backbone, build_backbone
@@ -28,61 +27,17 @@ from ..postprocessing import detector_postprocess
 from ..proposal_generator import build_proposal_generator
 from ..registries import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
+from .model_inputs import (
+    device_property,
+    normalize_and_batch,
+    output_size,
+    register_pixel_stats,
+    winograd_conv_property,
+)
 
 __all__ = ["GeneralizedRCNN", "ProposalNetwork"]
 
 logger = logging.getLogger(__name__)
-
-
-def _register_pixel_stats(module: nn.Module, pixel_mean, pixel_std) -> None:
-    """(C, 1, 1) float buffers ``pixel_mean`` / ``pixel_std``, kept out of the state dict (as in
-    Detectron2: they come from the config, and checkpoints do not carry them)."""
-    module.register_buffer(
-        "pixel_mean", torch.tensor(list(pixel_mean), dtype=torch.float32).view(-1, 1, 1), False
-    )
-    module.register_buffer(
-        "pixel_std", torch.tensor(list(pixel_std), dtype=torch.float32).view(-1, 1, 1), False
-    )
-    if module.pixel_mean.shape != module.pixel_std.shape:
-        raise ValueError(
-            f"MODEL.PIXEL_MEAN ({list(pixel_mean)}) and MODEL.PIXEL_STD ({list(pixel_std)}) "
-            "must have one value per input channel each, and as many values."
-        )
-
-
-def _normalize_and_batch(
-    module: nn.Module, batched_inputs: List[Dict], backbone: Backbone
-) -> ImageList:
-    images = []
-    for i, item in enumerate(batched_inputs):
-        if "image" not in item:
-            raise KeyError(
-                f"Batched input {i} has no 'image' key (keys: {sorted(item)}); each input dict "
-                "needs the (C, H, W) image tensor under 'image'."
-            )
-        images.append(move_device_like(item["image"], module.pixel_mean))
-    images = [(x - module.pixel_mean) / module.pixel_std for x in images]
-    batch = ImageList.from_tensors(
-        images,
-        backbone.size_divisibility,
-        padding_constraints=backbone.padding_constraints,
-    )
-    if module.channels_last:
-        batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
-    return batch
-
-
-def _set_winograd_conv(model: nn.Module, enabled: bool) -> None:
-    """Turn Winograd/GEMM convolutions on or off in every conv of ``model`` except
-    the backbone's bottom-up network (left on oneDNN, channels-last when asked), or the whole
-    backbone when it has no ``bottom_up`` (e.g. a plain ResNet)."""
-    model._winograd_conv = bool(enabled)
-    skip = "backbone.bottom_up" if hasattr(model.backbone, "bottom_up") else "backbone"
-    enable_winograd_conv(model, enabled, exclude=(skip,))
-
-
-def _output_size(item: Dict, image_size: Tuple[int, int]) -> Tuple[int, int]:
-    return item.get("height", image_size[0]), item.get("width", image_size[1])
 
 
 @META_ARCH_REGISTRY.register()
@@ -137,7 +92,7 @@ class GeneralizedRCNN(nn.Module):
                 "GeneralizedRCNN: vis_period (VIS_PERIOD) > 0 needs input_format (INPUT.FORMAT) "
                 "to draw the images."
             )
-        _register_pixel_stats(self, pixel_mean, pixel_std)
+        register_pixel_stats(self, pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
@@ -157,15 +112,8 @@ class GeneralizedRCNN(nn.Module):
             "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
         }
 
-    winograd_conv = property(
-        lambda self: self._winograd_conv, lambda self, on: _set_winograd_conv(self, on),
-        doc="Whether CPU convolutions outside the bottom-up net use Winograd/GEMM kernels.",
-    )
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the model (that of ``pixel_mean``)."""
-        return self.pixel_mean.device
+    winograd_conv = winograd_conv_property
+    device = device_property
 
     def visualize_training(self, batched_inputs: List[Dict], proposals: List[Instances]) -> None:
         """Draw ground truth and top proposals into the event storage (every VIS_PERIOD
@@ -186,7 +134,7 @@ class GeneralizedRCNN(nn.Module):
         """Move each input's "image" to the model's device, normalise it with
         ``(x - pixel_mean) / pixel_std`` and pad them into one batch (bottom/right zero padding
         to the backbone's size divisibility / padding constraints)."""
-        return _normalize_and_batch(self, batched_inputs, self.backbone)
+        return normalize_and_batch(self, batched_inputs, self.backbone)
 
     def forward(self, batched_inputs: List[Dict]):
         """Args:
@@ -281,7 +229,7 @@ class GeneralizedRCNN(nn.Module):
         input's "height" x "width"; returns ``[{"instances": Instances}, ...]``."""
         processed = []
         for result, item, image_size in zip(instances, batched_inputs, image_sizes):
-            height, width = _output_size(item, image_size)
+            height, width = output_size(item, image_size)
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed
 
@@ -322,7 +270,7 @@ class ProposalNetwork(nn.Module):
         self.proposal_generator = proposal_generator
         self.channels_last = bool(channels_last)
         self.winograd_conv = winograd_conv
-        _register_pixel_stats(self, pixel_mean, pixel_std)
+        register_pixel_stats(self, pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg):
@@ -338,16 +286,12 @@ class ProposalNetwork(nn.Module):
             "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
         }
 
-    winograd_conv = GeneralizedRCNN.winograd_conv
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the model (that of ``pixel_mean``)."""
-        return self.pixel_mean.device
+    winograd_conv = winograd_conv_property
+    device = device_property
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and batch the inputs' images, as ``GeneralizedRCNN.preprocess_image``."""
-        return _normalize_and_batch(self, batched_inputs, self.backbone)
+        return normalize_and_batch(self, batched_inputs, self.backbone)
 
     def forward(self, batched_inputs: List[Dict]):
         """Args:
@@ -369,6 +313,6 @@ class ProposalNetwork(nn.Module):
 
         processed = []
         for result, item, image_size in zip(proposals, batched_inputs, images.image_sizes):
-            height, width = _output_size(item, image_size)
+            height, width = output_size(item, image_size)
             processed.append({"proposals": detector_postprocess(result, height, width)})
         return processed

@@ -20,9 +20,10 @@ from torch.nn import functional as F
 from ...config import configurable
 from ...layers import Conv2d, ShapeSpec, cat
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
-from ...utils.events import EventStorageError, get_event_storage
+from ...utils.events import put_scalars_if_recording
 from ..anchor_generator import build_anchor_generator
 from ..box_regression import Box2BoxTransform, _dense_box_regression_loss
+from ..feature_names import check_in_features
 from ..matcher import Matcher
 from ..registries import PROPOSAL_GENERATOR_REGISTRY, RPN_HEAD_REGISTRY
 from ..sampling import subsample_labels
@@ -235,13 +236,7 @@ class RPN(nn.Module):
         output shapes (``input_shape``: feature name -> ``ShapeSpec``)."""
         rpn = cfg.MODEL.RPN
         in_features = list(rpn.IN_FEATURES)
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise KeyError(
-                f"MODEL.RPN.IN_FEATURES = {in_features} names {missing}, which the backbone does "
-                f"not output (it outputs {sorted(input_shape)}); pick features from that list."
-            )
-        shapes = [input_shape[f] for f in in_features]
+        shapes = check_in_features(in_features, input_shape, "MODEL.RPN.IN_FEATURES")
         return {
             "in_features": in_features,
             "head": build_rpn_head(cfg, shapes),
@@ -363,12 +358,10 @@ class RPN(nn.Module):
 
     @staticmethod
     def _log_anchor_counts(pos_mask: torch.Tensor, neg_mask: torch.Tensor, num_images: int):
-        try:
-            storage = get_event_storage()
-        except EventStorageError:
-            return  # not inside a training loop (e.g. a unit test): nothing to record
-        storage.put_scalar("rpn/num_pos_anchors", pos_mask.sum().item() / num_images)
-        storage.put_scalar("rpn/num_neg_anchors", neg_mask.sum().item() / num_images)
+        put_scalars_if_recording(**{
+            "rpn/num_pos_anchors": pos_mask.sum().item() / num_images,
+            "rpn/num_neg_anchors": neg_mask.sum().item() / num_images,
+        })
 
     # -- forward ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from ...layers import ShapeSpec
 from ...structures import Boxes, Instances, pairwise_iou
 from ...utils.events import get_event_storage
 from ..box_regression import Box2BoxTransform
+from ..feature_names import check_in_features
 from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..registries import ROI_HEADS_REGISTRY
@@ -101,12 +102,7 @@ class CascadeROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.ROI_HEADS.IN_FEATURES={in_features} names features {missing} that the "
-                f"backbone does not output ({sorted(input_shape)})."
-            )
+        check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
         box = cfg.MODEL.ROI_BOX_HEAD
         cascade = cfg.MODEL.ROI_BOX_CASCADE_HEAD
         reg_weights = list(cascade.BBOX_REG_WEIGHTS)

@@ -19,6 +19,7 @@ from ...config import configurable
 from ...layers import ShapeSpec
 from ...structures import Boxes, Instances
 from ..backbone.resnet import BottleneckBlock, ResNet
+from ..feature_names import check_in_features
 from ..poolers import ROIPooler
 from ..registries import ROI_HEADS_REGISTRY
 from .box_head import build_box_head
@@ -28,7 +29,6 @@ from .mask_head import build_mask_head
 
 from .roi_heads_base import (  # noqa: F401  (re-exported at Detectron2's path)
     ROIHeads,
-    _check_in_features,
     _require,
     build_roi_heads,
     select_foreground_proposals,
@@ -100,7 +100,7 @@ class Res5ROIHeads(ROIHeads):
             "Res5ROIHeads has no keypoint head; set MODEL.KEYPOINT_ON False or use "
             "MODEL.ROI_HEADS.NAME StandardROIHeads.",
         )
-        _check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
+        check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
         ret["pooler"] = ROIPooler(
             output_size=box.POOLER_RESOLUTION,
             scales=(1.0 / input_shape[in_features[0]].stride,),
@@ -298,7 +298,7 @@ class StandardROIHeads(ROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        _check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
+        check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
         _require(
             bool(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE),
             "MODEL.ROI_BOX_HEAD.POOLER_TYPE is empty; set it, e.g. to 'ROIAlignV2'.",
@@ -323,7 +323,7 @@ class StandardROIHeads(ROIHeads):
         if not cfg.MODEL.MASK_ON:
             return {}
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        _check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
+        check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
         pooler, shape = cls._pooler_and_shape(in_features, input_shape, cfg.MODEL.ROI_MASK_HEAD)
         return {
             "mask_in_features": in_features,
@@ -336,7 +336,7 @@ class StandardROIHeads(ROIHeads):
         if not cfg.MODEL.KEYPOINT_ON:
             return {}
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        _check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
+        check_in_features(in_features, input_shape, "MODEL.ROI_HEADS.IN_FEATURES")
         pooler, shape = cls._pooler_and_shape(
             in_features, input_shape, cfg.MODEL.ROI_KEYPOINT_HEAD
         )

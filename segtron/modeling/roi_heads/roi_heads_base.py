@@ -240,16 +240,6 @@ class ROIHeads(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")
 
 
-def _check_in_features(in_features, input_shape, key: str) -> None:
-    missing = [f for f in in_features if f not in input_shape]
-    if missing:
-        raise ValueError(
-            f"{key}={list(in_features)} names features {missing} that the backbone does not "
-            f"output (it outputs {sorted(input_shape)}); fix {key} or the backbone's "
-            "OUT_FEATURES."
-        )
-
-
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)

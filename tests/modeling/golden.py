@@ -1,0 +1,71 @@
+"""Loading a golden fixture of ``../shared/compat/golden/<name>/`` (see its README): the
+config, the fp16-stored weights, and the test image resized as Detectron2 resizes it."""
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segtron.config import get_cfg
+from segtron.data import detection_utils
+from segtron.data import transforms as T
+from segtron.layers.winograd import winograd_available
+from segtron.modeling import build_model
+from tests.conftest import lift_winograd_limits
+
+# Detectron2's exact operations; NHWC convolutions with frozen BN folded; and those plus the
+# Winograd/GEMM inference convolutions, forced onto every eligible conv of the thin models
+# (whose 32-channel FPNs are below the size at which they are chosen by default).
+MODES = ["exact", "channels_last", "winograd"]
+
+
+@contextmanager
+def golden_mode(mode: str):
+    """Run the body in ``mode``: for "winograd", skip where this torch has no NNPACK and lift
+    the size limits so every eligible conv of a thin model uses it."""
+    with pytest.MonkeyPatch.context() as patch:
+        if mode == "winograd":
+            if not winograd_available():
+                pytest.skip("this torch build has no NNPACK for this CPU")
+            lift_winograd_limits(patch)
+        yield
+
+
+def load_golden_weights(path):
+    """The fixture's state dict: float tensors stored as float16 are cast to float32."""
+    with np.load(path) as npz:
+        out = {}
+        for name in npz.files:
+            array = npz[name]
+            tensor = torch.from_numpy(array.astype(np.float32) if array.dtype == np.float16 else array)
+            out[name] = tensor
+    return out
+
+
+def golden_model(root: Path, mode: str):
+    """(cfg, eval-mode model with the fixture's weights, strictly loaded). ``mode``: "exact"
+    (Detectron2's operations), "channels_last" or "winograd" (segtron's faster CPU modes)."""
+    cfg = get_cfg()
+    cfg.merge_from_file(str(root / "config.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CHANNELS_LAST = mode in ("channels_last", "winograd")
+    cfg.MODEL.WINOGRAD_CONV = mode == "winograd"
+    model = build_model(cfg).eval()
+    incompatible = model.load_state_dict(load_golden_weights(root / "weights_fp16.npz"), strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    return cfg, model
+
+
+def golden_inputs(root: Path, cfg):
+    """The fixture image as batched inputs: resized with ResizeShortestEdge(INPUT.MIN_SIZE_TEST,
+    MAX_SIZE_TEST), "height"/"width" the original size."""
+    image = detection_utils.read_image(str(root / "image.png"), format=cfg.INPUT.FORMAT)
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    resized = resize.get_transform(image).apply_image(image)
+    return [{
+        "image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+        "height": image.shape[0],
+        "width": image.shape[1],
+    }]
