@@ -194,7 +194,9 @@ def shapes_dicts(tmp_path_factory):
     """Dataset dicts of two generated shapes images (~256 px)."""
     root = str(tmp_path_factory.mktemp("shapes"))
     generate_shapes_dataset(root, "train", num_images=2, seed=3, num_workers=1)
-    return load_coco_json(f"{root}/annotations/instances_train.json", f"{root}/train")
+    # dataset_name maps the json's category ids 1..5 to the contiguous class ids 0..4.
+    return load_coco_json(f"{root}/annotations/instances_train.json", f"{root}/train",
+                          dataset_name="_test_configs_shapes")
 
 
 def test_shapes_configs_write_to_their_own_output_dirs():

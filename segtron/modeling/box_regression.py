@@ -280,7 +280,9 @@ def _dense_box_regression_loss(
     Returns:
         scalar tensor, the SUM of the loss over all foreground anchors (callers normalise).
     """
-    check_box_reg_loss_type(box_reg_loss_type, "box_reg_loss_type (e.g. MODEL.RPN.BBOX_REG_LOSS_TYPE)")
+    check_box_reg_loss_type(
+        box_reg_loss_type, "box_reg_loss_type (e.g. MODEL.RPN.BBOX_REG_LOSS_TYPE)"
+    )
     if isinstance(anchors[0], Boxes):
         anchors = Boxes.cat(list(anchors)).tensor
     else:

@@ -39,7 +39,9 @@ def load_golden_weights(path):
         out = {}
         for name in npz.files:
             array = npz[name]
-            tensor = torch.from_numpy(array.astype(np.float32) if array.dtype == np.float16 else array)
+            if array.dtype == np.float16:
+                array = array.astype(np.float32)
+            tensor = torch.from_numpy(array)
             out[name] = tensor
     return out
 
@@ -53,7 +55,8 @@ def golden_model(root: Path, mode: str):
     cfg.MODEL.CHANNELS_LAST = mode in ("channels_last", "winograd")
     cfg.MODEL.WINOGRAD_CONV = mode == "winograd"
     model = build_model(cfg).eval()
-    incompatible = model.load_state_dict(load_golden_weights(root / "weights_fp16.npz"), strict=True)
+    weights = load_golden_weights(root / "weights_fp16.npz")
+    incompatible = model.load_state_dict(weights, strict=True)
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     return cfg, model
 

@@ -347,7 +347,9 @@ class RetinaNetHead(nn.Module):
         num_levels = len(input_shape)
         self._num_features = num_levels
         if norm in ("BN", "SyncBN"):
-            logger.info("RetinaNetHead: %s with statistics per level (%d levels).", norm, num_levels)
+            logger.info(
+                "RetinaNetHead: %s with statistics per level (%d levels).", norm, num_levels
+            )
             bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
 
             def norm(c):  # noqa: F811  (the name a config gave becomes a constructor)
