@@ -22,13 +22,14 @@ env: $(STAMP)
 
 # Built under a lock so two concurrent `make` runs on one machine never interleave an install;
 # the stamp is written last, so an interrupted install is redone from scratch next time.
-$(STAMP): requirements/runtime.txt requirements/dev.txt
+$(STAMP): requirements/runtime.txt requirements/dev.txt requirements/test-reference.txt
 	@mkdir -p $(SEGTRON_ENV_ROOT)
 	@flock $(VENV).lock sh -c '\
 	  if [ -f $(STAMP) ]; then exit 0; fi; \
 	  echo "[segtron] creating environment $(VENV) (first run on this machine: several minutes)"; \
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) && \
 	  $(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/dev.txt && \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/test-reference.txt && \
 	  touch $(STAMP)'
 	@test -f $(STAMP)
 

@@ -37,7 +37,13 @@ from segtron.engine.defaults import (  # noqa: E402
     default_setup,
 )
 from segtron.engine.launch import launch  # noqa: E402
-from segtron.evaluation import COCOEvaluator, verify_results  # noqa: E402
+from segtron.evaluation import (  # noqa: E402
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+    verify_results,
+)
 from segtron.utils import comm  # noqa: E402
 
 logger = logging.getLogger("segtron.train_net")
@@ -79,30 +85,54 @@ def load_projects(projects_dir: str = PROJECTS_DIR) -> List[Any]:
 PROJECTS = load_projects()
 
 
+def evaluator_classes(dataset_name: str) -> List[type]:
+    """The evaluators that score ``dataset_name``, from its metadata's ``evaluator_type``:
+
+    - "coco": ``COCOEvaluator`` (boxes, masks, keypoints);
+    - "sem_seg": ``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC);
+    - "coco_panoptic_seg": ``COCOPanopticEvaluator`` (PQ), plus ``SemSegEvaluator`` when the
+      dataset has semantic labels (metadata ``sem_seg_root``, the "_separated" registrations)
+      and ``COCOEvaluator`` when it has an instances json (metadata ``json_file``).
+
+    Raises:
+        NotImplementedError: for any other type, naming the dataset, its type and the
+            supported ones (so a run fails at start-up, not after training).
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    evaluator_type = metadata.get("evaluator_type")
+    if evaluator_type == "coco":
+        return [COCOEvaluator]
+    if evaluator_type == "sem_seg":
+        return [SemSegEvaluator]
+    if evaluator_type == "coco_panoptic_seg":
+        classes = [SemSegEvaluator] if metadata.get("sem_seg_root") else []
+        classes += [COCOEvaluator] if metadata.get("json_file") else []
+        return classes + [COCOPanopticEvaluator]
+    raise NotImplementedError(
+        f"No evaluator for dataset '{dataset_name}' with evaluator_type {evaluator_type!r}; "
+        "train_net.py evaluates 'coco', 'sem_seg' and 'coco_panoptic_seg'. Set the dataset's "
+        f"metadata (e.g. MetadataCatalog.get('{dataset_name}').evaluator_type = 'coco' for "
+        "COCO-style annotations), drop it from DATASETS.TEST, or add a branch for your type to "
+        "evaluator_classes in train_net.py."
+    )
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with evaluators chosen by each test dataset's ``evaluator_type``."""
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
                         output_folder: Optional[str] = None):
-        """The evaluator of ``dataset_name``, from its metadata's ``evaluator_type``.
-
-        "coco" -> ``COCOEvaluator`` writing to ``<OUTPUT_DIR>/inference``. Raises
-        NotImplementedError for any other type (add a branch here, or pass evaluators to
-        ``Trainer.test``).
-        """
+        """The evaluator(s) of ``dataset_name`` (see :func:`evaluator_classes`), writing to
+        ``output_folder`` (default ``<OUTPUT_DIR>/inference``): one evaluator, or a
+        ``DatasetEvaluators`` of several."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
-        if evaluator_type == "coco":
-            return COCOEvaluator(dataset_name, output_dir=output_folder)
-        raise NotImplementedError(
-            f"No evaluator for dataset '{dataset_name}' with evaluator_type "
-            f"{evaluator_type!r} (train_net.py knows 'coco'). Set its metadata "
-            f"(MetadataCatalog.get('{dataset_name}').evaluator_type = 'coco' for COCO-style "
-            "annotations), or add a branch for your type to Trainer.build_evaluator in "
-            "train_net.py."
-        )
+        evaluators = [
+            evaluator_class(dataset_name, output_dir=output_folder)
+            for evaluator_class in evaluator_classes(dataset_name)
+        ]
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
 def build_config(args) -> CfgNode:
@@ -130,6 +160,8 @@ def setup(args) -> CfgNode:
 def main(args) -> Optional[Dict[str, Any]]:
     """Evaluate (``--eval-only``) or train, in each process."""
     cfg = setup(args)
+    for dataset_name in cfg.DATASETS.TEST:  # fail now rather than after training
+        evaluator_classes(dataset_name)
     if cfg.TEST.AUG.ENABLED:
         raise NotImplementedError(
             "TEST.AUG.ENABLED (test-time augmentation) is not available in segtron yet; set "

@@ -48,25 +48,7 @@ def test_every_config_merges(rel):
     assert cfg.VERSION == 2
 
 
-# Shipped configs whose model segtron cannot build yet, and the issue that adds it. Strict: once
-# the model exists the test fails until the entry is removed.
-NOT_BUILT_YET = {
-    "COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml": "PanopticFPN (issue 14)",
-    "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml": "PanopticFPN (issue 14)",
-}
-
-
-def _build_param(path: str):
-    rel = path[len("configs/"):] if path.startswith("configs/") else path
-    if rel in NOT_BUILT_YET:
-        mark = pytest.mark.xfail(strict=True, raises=KeyError, reason=NOT_BUILT_YET[rel])
-        return pytest.param(path, marks=mark)
-    return path
-
-
-@pytest.mark.parametrize(
-    "path", [_build_param(f"configs/{rel}") for rel in ALL_YAML] + PROJECT_YAML
-)
+@pytest.mark.parametrize("path", [f"configs/{rel}" for rel in ALL_YAML] + PROJECT_YAML)
 def test_every_shipped_config_builds_its_model(path):
     """What ``train_net.py --config-file <path>`` builds (projects' keys and components
     included), on the CPU: a config naming a missing component is a bug."""

@@ -141,7 +141,14 @@ class DatasetMapper:
 
         sem_seg = None
         if "sem_seg_file_name" in dataset_dict:
-            sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+            sem_seg_file = dataset_dict.pop("sem_seg_file_name")
+            sem_seg = utils.read_image(sem_seg_file, "L").squeeze(2)
+            if sem_seg.shape != image.shape[:2]:
+                raise ValueError(
+                    f"Label map {sem_seg_file} is {sem_seg.shape[1]}x{sem_seg.shape[0]} (WxH) "
+                    f"but its image {dataset_dict['file_name']} is {image.shape[1]}x"
+                    f"{image.shape[0]}; a semantic label PNG must have its image's size."
+                )
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         transforms = self.augmentations(aug_input)

@@ -12,14 +12,18 @@ from .evaluator import (
     inference_context,
     inference_on_dataset,
 )
+from .panoptic_evaluation import COCOPanopticEvaluator
+from .sem_seg_evaluation import SemSegEvaluator
 from .testing import print_csv_format, verify_results
 
 __all__ = [
     "COCOEvaluator",
+    "COCOPanopticEvaluator",
     "DatasetEvaluator",
     "DatasetEvaluators",
     "inference_context",
     "inference_on_dataset",
     "print_csv_format",
+    "SemSegEvaluator",
     "verify_results",
 ]

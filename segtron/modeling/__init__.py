@@ -21,9 +21,13 @@ from .meta_arch import (
     FCOS,
     DenseDetector,
     GeneralizedRCNN,
+    PanopticFPN,
     ProposalNetwork,
     RetinaNet,
+    SemanticSegmentor,
+    SemSegFPNHead,
     build_model,
+    build_sem_seg_head,
 )
 from .postprocessing import detector_postprocess
 from .proposal_generator import (

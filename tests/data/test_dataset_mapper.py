@@ -132,6 +132,14 @@ def test_mapper_size_mismatch(tmp_path):
         mapper(record)
 
 
+def test_mapper_label_png_of_another_size_names_both_files(tmp_path):
+    record = _make_record(tmp_path, "img4", 40, 60, with_sem_seg=True)
+    Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(record["sem_seg_file_name"])
+    mapper = DatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+    with pytest.raises(ValueError, match=r"img4.*50x40.*img4.png is 60x40"):
+        mapper(record)
+
+
 def test_mapper_from_config(tmp_path):
     cfg = get_cfg()
     cfg.INPUT.MIN_SIZE_TRAIN = (80,)

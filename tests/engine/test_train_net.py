@@ -141,6 +141,41 @@ def test_load_projects_imports_packages_and_skips_other_entries(tmp_path, monkey
             del sys.modules[name]
 
 
+@pytest.mark.parametrize("metadata,expected", [
+    ({"evaluator_type": "sem_seg"}, ["SemSegEvaluator"]),
+    ({"evaluator_type": "coco_panoptic_seg", "panoptic_json": "p.json", "panoptic_root": "p"},
+     ["COCOPanopticEvaluator"]),
+    ({"evaluator_type": "coco_panoptic_seg", "panoptic_json": "p.json", "panoptic_root": "p",
+      "sem_seg_root": "s", "json_file": "i.json"},
+     ["SemSegEvaluator", "COCOEvaluator", "COCOPanopticEvaluator"]),
+])
+def test_evaluators_for_semantic_and_panoptic_datasets(metadata, expected):
+    """A "_separated" panoptic dataset (semantic pngs and an instances json) is scored by all
+    three evaluators, as Detectron2's train_net does; a "standard" one by PQ alone."""
+    MetadataCatalog.get("st_test_seg_eval").set(**metadata)
+    try:
+        assert [c.__name__ for c in train_net.evaluator_classes("st_test_seg_eval")] == expected
+    finally:
+        MetadataCatalog.remove("st_test_seg_eval")
+
+
+def test_unevaluated_test_dataset_fails_at_start_up(tmp_path, monkeypatch):
+    """DATASETS.TEST naming a dataset nobody evaluates stops main() before any model is built."""
+    MetadataCatalog.get("st_test_cityscapes_like").evaluator_type = "cityscapes_instance"
+    monkeypatch.setattr(train_net.Trainer, "__init__",
+                        lambda *a, **k: pytest.fail("built a trainer before checking"))
+    args = train_net.default_argument_parser().parse_args([
+        "--config-file", TINY_CONFIG, "DATASETS.TEST", "('st_test_cityscapes_like',)",
+        "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
+    ])
+    try:
+        with pytest.raises(NotImplementedError,
+                           match=r"st_test_cityscapes_like.*'cityscapes_instance'.*'sem_seg'"):
+            train_net.main(args)
+    finally:
+        MetadataCatalog.remove("st_test_cityscapes_like")
+
+
 def test_build_evaluator_by_evaluator_type(tmp_path):
     cfg = get_cfg()
     cfg.OUTPUT_DIR = str(tmp_path)

@@ -1,7 +1,8 @@
 """Model-zoo checkpoints load with no renaming: same state_dict keys and shapes as Detectron2.
 
-For each config of ``../shared/compat/d2_state_dict_shapes.json`` that segtron builds (all but
-Panoptic FPN), build the model from segtron's copy of the config and compare.
+Every config of ``../shared/compat/d2_state_dict_shapes.json`` and the core configs of
+``d2_state_dict_shapes_semantic.json`` (its DeepLab project configs belong to the DeepLab
+project), built from segtron's copy of the config and compared key by key.
 """
 
 import json
@@ -12,34 +13,38 @@ from segtron import model_zoo
 from segtron.config import get_cfg
 from segtron.modeling import build_model
 
+# (fixture file, config path)
 BUILT_HERE = [
-    "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
-    "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml",
-    "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
-    "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
-    "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml",
-    "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+    ("d2_state_dict_shapes.json", "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"),
+    ("d2_state_dict_shapes.json", "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml"),
+    ("d2_state_dict_shapes.json", "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"),
+    ("d2_state_dict_shapes.json", "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml"),
+    ("d2_state_dict_shapes.json", "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml"),
+    ("d2_state_dict_shapes.json", "COCO-Detection/retinanet_R_50_FPN_1x.yaml"),
+    ("d2_state_dict_shapes.json", "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"),
+    ("d2_state_dict_shapes_semantic.json", "Misc/semantic_R_50_FPN_1x.yaml"),
 ]
 
 
-@pytest.fixture(scope="module")
-def expected_shapes(compat_dir):
-    return json.loads((compat_dir / "d2_state_dict_shapes.json").read_text())
+def _fixture(compat_dir, name):
+    return json.loads((compat_dir / name).read_text())
 
 
-def test_every_config_in_the_fixture_is_covered(expected_shapes):
-    not_built = {"COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"}
-    assert set(expected_shapes) == set(BUILT_HERE) | not_built
+def test_every_config_in_the_fixtures_is_covered(compat_dir):
+    for name in ("d2_state_dict_shapes.json", "d2_state_dict_shapes_semantic.json"):
+        ours = {config for fixture, config in BUILT_HERE if fixture == name}
+        theirs = {c for c in _fixture(compat_dir, name) if not c.startswith("projects/")}
+        assert ours == theirs, name
 
 
-@pytest.mark.parametrize("config_path", BUILT_HERE)
-def test_state_dict_keys_and_shapes(config_path, expected_shapes):
+@pytest.mark.parametrize("fixture,config_path", BUILT_HERE, ids=[c for _, c in BUILT_HERE])
+def test_state_dict_keys_and_shapes(fixture, config_path, compat_dir):
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file(config_path))
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    theirs = expected_shapes[config_path]
+    theirs = _fixture(compat_dir, fixture)[config_path]
     assert sorted(set(theirs) - set(ours)) == [], "missing from segtron"
     assert sorted(set(ours) - set(theirs)) == [], "not in Detectron2"
     wrong = {k: (ours[k], theirs[k]) for k in theirs if ours[k] != theirs[k]}
