@@ -89,7 +89,8 @@ def evaluator_classes(dataset_name: str) -> List[type]:
     """The evaluators that score ``dataset_name``, from its metadata's ``evaluator_type``:
 
     - "coco": ``COCOEvaluator`` (boxes, masks, keypoints);
-    - "sem_seg": ``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC);
+    - "sem_seg" and "cityscapes_sem_seg": ``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC; for
+      Cityscapes on the 19 train ids of its ``*_labelTrainIds.png``, ignore 255);
     - "coco_panoptic_seg": ``COCOPanopticEvaluator`` (PQ), plus ``SemSegEvaluator`` when the
       dataset has semantic labels (metadata ``sem_seg_root``, the "_separated" registrations)
       and ``COCOEvaluator`` when it has an instances json (metadata ``json_file``).
@@ -102,7 +103,7 @@ def evaluator_classes(dataset_name: str) -> List[type]:
     evaluator_type = metadata.get("evaluator_type")
     if evaluator_type == "coco":
         return [COCOEvaluator]
-    if evaluator_type == "sem_seg":
+    if evaluator_type in ("sem_seg", "cityscapes_sem_seg"):
         return [SemSegEvaluator]
     if evaluator_type == "coco_panoptic_seg":
         classes = [SemSegEvaluator] if metadata.get("sem_seg_root") else []
@@ -110,9 +111,10 @@ def evaluator_classes(dataset_name: str) -> List[type]:
         return classes + [COCOPanopticEvaluator]
     raise NotImplementedError(
         f"No evaluator for dataset '{dataset_name}' with evaluator_type {evaluator_type!r}; "
-        "train_net.py evaluates 'coco', 'sem_seg' and 'coco_panoptic_seg'. Set the dataset's "
-        f"metadata (e.g. MetadataCatalog.get('{dataset_name}').evaluator_type = 'coco' for "
-        "COCO-style annotations), drop it from DATASETS.TEST, or add a branch for your type to "
+        "train_net.py evaluates 'coco', 'sem_seg', 'cityscapes_sem_seg' and 'coco_panoptic_seg'. "
+        "Set the dataset's metadata (e.g. "
+        f"MetadataCatalog.get('{dataset_name}').evaluator_type = 'coco' for COCO-style "
+        "annotations), drop it from DATASETS.TEST, or add a branch for your type to "
         "evaluator_classes in train_net.py."
     )
 

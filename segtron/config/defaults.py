@@ -336,8 +336,13 @@ _C.MODEL.RESNETS.NORM = "FrozenBN"
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
 # True: stride 2 sits on the first 1x1 conv of a bottleneck (MSRA); False: on the 3x3 (torchvision).
 _C.MODEL.RESNETS.STRIDE_IN_1X1 = True
-# 1 or 2; 2 gives the "DC5" variant.
+# Dilation of res5's 3x3 convs: 1, 2 or 4. 2 gives the "DC5" variant (res5 keeps stride 16);
+# 4 only with RES4_DILATION 2 (output stride 8).
 _C.MODEL.RESNETS.RES5_DILATION = 1
+# segtron (the name and meaning of Detectron2's DeepLab project): dilation of res4's 3x3 convs,
+# 1 or 2. 2 keeps res4 at stride 8 and needs RES5_DILATION 4 (each dilated stage's dilation is
+# the product of the strides removed up to it): the "DC8" output-stride-8 ResNet of FCN/DeepLab.
+_C.MODEL.RESNETS.RES4_DILATION = 1
 # Output channels of res2; 64 for R18/R34.
 _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
@@ -437,4 +442,5 @@ SEGTRON_ADDED_KEYS = (
     "MODEL.FCOS.PRIOR_PROB", "MODEL.FCOS.CENTER_SAMPLING_RADIUS", "MODEL.FCOS.FOCAL_LOSS_ALPHA",
     "MODEL.FCOS.FOCAL_LOSS_GAMMA", "MODEL.FCOS.BBOX_REG_LOSS_TYPE", "MODEL.FCOS.SCORE_THRESH_TEST",
     "MODEL.FCOS.TOPK_CANDIDATES_TEST", "MODEL.FCOS.NMS_THRESH_TEST",
+    "MODEL.RESNETS.RES4_DILATION",
 )

@@ -20,6 +20,7 @@ from .meta_arch import (
     META_ARCH_REGISTRY,
     FCOS,
     DenseDetector,
+    FCNHead,
     GeneralizedRCNN,
     PanopticFPN,
     ProposalNetwork,

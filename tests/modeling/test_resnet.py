@@ -201,7 +201,7 @@ def test_basic_block_resnets_of_other_widths(caplog):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("RES2_OUT_CHANNELS", 256), ("NUM_GROUPS", 2), ("RES5_DILATION", 2),
+    [("RES2_OUT_CHANNELS", 256), ("NUM_GROUPS", 2),
      ("DEFORM_ON_PER_STAGE", [False, True, False, False])],
 )
 def test_basic_block_resnets_reject_bottleneck_settings(key, value):

@@ -58,19 +58,22 @@ def load_coco_panoptic_json(json_file: str, image_dir: str, gt_dir: str,
             ``stuff_dataset_id_to_contiguous_id``.
 
     Returns:
-        list[dict], one per annotated image: ``file_name`` (the png's name with ``.jpg``, in
-        ``image_dir``), ``image_id`` (int), ``pan_seg_file_name``, ``segments_info`` (the json's
+        list[dict], one per annotated image: ``file_name`` (in ``image_dir``: the name the
+        json's ``images`` entry of that image gives, else the png's name with ``.jpg`` as in
+        COCO), ``image_id`` (int), ``pan_seg_file_name``, ``segments_info`` (the json's
         segments with ``category_id`` made contiguous and ``isthing`` added).
     """
     with open(json_file) as f:
         data = json.load(f)
+    image_files = {int(img["id"]): img["file_name"] for img in data.get("images", [])
+                   if "file_name" in img}
     ret = []
     for ann in data["annotations"]:
         image_id = int(ann["image_id"])
         stem = os.path.splitext(ann["file_name"])[0]
         ret.append({
-            # COCO images are jpgs named like their panoptic pngs.
-            "file_name": os.path.join(image_dir, stem + ".jpg"),
+            # Without an images entry: COCO's images are jpgs named like the pngs.
+            "file_name": os.path.join(image_dir, image_files.get(image_id, stem + ".jpg")),
             "image_id": image_id,
             "pan_seg_file_name": os.path.join(gt_dir, ann["file_name"]),
             "segments_info": [_convert_segment(s, meta, json_file, image_id)
@@ -117,7 +120,7 @@ def register_coco_panoptic(name: str, metadata: Mapping[str, Any], image_root: s
 
 def register_coco_panoptic_separated(name: str, metadata: Mapping[str, Any], image_root: str,
                                      panoptic_root: str, panoptic_json: str, sem_seg_root: str,
-                                     instances_json: str) -> None:
+                                     instances_json: str, image_ext: str = "jpg") -> None:
     """Register the "separated" COCO panoptic dataset ``name + "_separated"`` and its semantic
     half ``name + "_stuffonly"``.
 
@@ -131,15 +134,16 @@ def register_coco_panoptic_separated(name: str, metadata: Mapping[str, Any], ima
         image_root: the images; panoptic_root / panoptic_json: the panoptic annotations (kept
             in metadata for evaluation); sem_seg_root: the semantic pngs; instances_json: the
             COCO instances json.
+        image_ext: file name ending of the images, to pair them with the semantic pngs.
     """
     panoptic_name = name + "_separated"
 
     def load_separated():
         return merge_to_panoptic(load_coco_json(instances_json, image_root, panoptic_name),
-                                 load_sem_seg(sem_seg_root, image_root))
+                                 load_sem_seg(sem_seg_root, image_root, image_ext=image_ext))
 
     def load_stuffonly():
-        return load_sem_seg(sem_seg_root, image_root)
+        return load_sem_seg(sem_seg_root, image_root, image_ext=image_ext)
 
     DatasetCatalog.register(panoptic_name, load_separated)
     MetadataCatalog.get(panoptic_name).set(

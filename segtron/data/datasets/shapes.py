@@ -24,6 +24,10 @@ given seed whatever the number of worker processes.
 ``<datasets root>/shapes``; the data is generated the first time a split is loaded (under a
 file lock, into a temporary directory renamed into place, with a completion marker written
 last), so several processes (ranks of a distributed run) can ask for it at once.
+
+That machinery (``generate_split``, ``prepare_split``) works for any ``ShapesGenerator``: the
+instance splits here are one (``INSTANCES``), the variant with stuff regions in
+``shapes_panoptic.py`` is another.
 """
 
 import contextlib
@@ -32,12 +36,16 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
+import types
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import cv2
+import numpy as np
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ...utils.env import available_cpu_cores
@@ -56,6 +64,9 @@ __all__ = [
     "SHAPES_CLASSES",
     "SHAPES_COLORS",
     "SHAPES_SPLITS",
+    "ShapesGenerator",
+    "generate_split",
+    "prepare_split",
     "generate_shapes_dataset",
     "prepare_shapes_split",
     "register_shapes_instances",
@@ -74,20 +85,109 @@ SHAPES_SPLITS = {
 # Bumped whenever the generator's output changes for the same seed.
 GENERATOR_VERSION = 1
 
-def _generate_image(task: Tuple[int, str, int, int, str]) -> Dict[str, Any]:
-    """Draw image ``index`` of ``split``, write its PNG, return its record and annotations."""
-    seed, split, index, image_size, image_dir = task
-    rng = _image_rng(seed, split, index)
+# Work item of one image: (seed, split, index, image_size, output directory of the split).
+ImageTask = Tuple[int, str, int, int, str]
+
+
+@dataclass(frozen=True)
+class ShapesGenerator:
+    """One kind of shapes split: how an image is drawn and which files a split is made of.
+
+    ``draw_image(task)`` draws image ``index`` of a split, writes its files under the task's
+    output directory and returns its record (``file_name``, ``height``, ``width``,
+    ``annotations`` and whatever ``write_annotations`` needs); it must be a module-level
+    function, as it runs in worker processes. ``write_annotations(output_dir, split, info,
+    records)`` writes the json files from the records, in image order. ``image_dirs`` and
+    ``json_files`` are the per-split paths (relative to the dataset root, ``{split}`` filled
+    in) that make a split: they are moved into place together once all are written.
+    ``version`` is bumped whenever the output for the same seed changes.
+    """
+
+    name: str
+    description: str
+    version: int
+    draw_image: Callable[[ImageTask], Dict[str, Any]]
+    write_annotations: Callable[[str, str, Dict[str, Any], List[Dict[str, Any]]], Any]
+    image_dirs: Tuple[str, ...]
+    json_files: Tuple[str, ...]
+    prepare_command: str = "python datasets/prepare_shapes.py"
+
+    def dirs(self, split: str) -> List[str]:
+        """The directories of ``split``, relative to the dataset root."""
+        return [d.format(split=split) for d in self.image_dirs]
+
+    def jsons(self, split: str) -> List[str]:
+        """The json files of ``split``, relative to the dataset root."""
+        return [j.format(split=split) for j in self.json_files]
+
+
+def write_image(path: str, image: np.ndarray, params: Optional[List[int]] = None) -> None:
+    """Write ``image`` (uint8, BGR or single channel) as a PNG at ``path`` (OpenCV ``params``,
+    default: the dataset's PNG settings), or raise OSError."""
+    if not cv2.imwrite(path, image, _PNG_PARAMS if params is None else params):
+        raise OSError(f"Could not write image '{path}' (is the disk full or read-only?).")
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as compact json at ``path`` (through a temporary file, then renamed)."""
+    tmp_file = path + f".tmp{os.getpid()}"
+    with open(tmp_file, "w", encoding="utf-8") as f:
+        json.dump(obj, f, separators=(",", ":"))
+    os.replace(tmp_file, path)
+
+
+def image_size_of(rng: np.random.Generator, image_size: int) -> Tuple[int, int]:
+    """Draw an image's (height, width), each between 7/8 and 9/8 of ``image_size``."""
     lo, hi = round(image_size * 7 / 8), round(image_size * 9 / 8)
     height, width = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    return height, width
+
+
+def _generate_image(task: ImageTask) -> Dict[str, Any]:
+    """Draw image ``index`` of ``split``, write its PNG, return its record and annotations."""
+    seed, split, index, image_size, output_dir = task
+    rng = _image_rng(seed, split, index)
+    height, width = image_size_of(rng, image_size)
     shapes = _place_shapes(rng, height, width, image_size)
     image = _render(rng, shapes, height, width)
     file_name = f"{index:06d}.png"
-    path = os.path.join(image_dir, file_name)
-    if not cv2.imwrite(path, image, _PNG_PARAMS):
-        raise OSError(f"Could not write image '{path}' (is the disk full or read-only?).")
+    write_image(os.path.join(output_dir, split, file_name), image)
     return {"file_name": file_name, "height": height, "width": width,
             "annotations": _annotate(shapes, height, width)}
+
+
+def write_instances_json(output_dir: str, split: str, info: Dict[str, Any],
+                         records: List[Dict[str, Any]]) -> str:
+    """Write ``output_dir/annotations/instances_<split>.json`` (COCO instances) from the image
+    records; image ids are 1, 2, ... in record order. Returns the path."""
+    images, annotations = [], []
+    for image_id, record in enumerate(records, start=1):
+        images.append({"id": image_id, "file_name": record["file_name"],
+                       "height": record["height"], "width": record["width"]})
+        for ann in record["annotations"]:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+    coco = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
+                       for i, name in enumerate(SHAPES_CLASSES)],
+    }
+    json_file = os.path.join(output_dir, "annotations", f"instances_{split}.json")
+    write_json(json_file, coco)
+    return json_file
+
+
+INSTANCES = ShapesGenerator(
+    name="shapes",
+    description="segtron synthetic shapes",
+    version=GENERATOR_VERSION,
+    draw_image=_generate_image,
+    write_annotations=write_instances_json,
+    image_dirs=("{split}",),
+    json_files=("annotations/instances_{split}.json",),
+)
 
 
 # ----------------------------------------------------------------------------- a whole split
@@ -101,17 +201,38 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _iterate_images(tasks: List[Tuple], num_workers: int) -> Iterator[Dict[str, Any]]:
-    """Image records in task order, from a process pool when it pays off (not in a daemon,
-    e.g. a DataLoader worker, which may not have children). Workers are spawned, not forked:
-    a fork of a process whose OpenCV or OpenMP thread pools are running can inherit a held lock
-    and hang in its first OpenCV call (seen under pytest-xdist)."""
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Hide ``__main__`` while worker processes are spawned: a spawned child re-runs the
+    parent's main script (as ``__mp_main__``) unless told there is none, and a script that
+    generates data at top level, without an ``if __name__ == "__main__"`` guard, would then
+    start generating again in every child (which fails, and the pool respawns it, forever).
+    The workers need only segtron's own modules."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is None:
+            del sys.modules["__main__"]
+        else:
+            sys.modules["__main__"] = main
+
+
+def _iterate_images(draw: Callable[[ImageTask], Dict[str, Any]], tasks: List[ImageTask],
+                    num_workers: int) -> Iterator[Dict[str, Any]]:
+    """``draw(task)`` of every task, in task order, from a process pool when it pays off (not
+    in a daemon, e.g. a DataLoader worker, which may not have children). Workers are spawned,
+    not forked: a fork of a process whose OpenCV or OpenMP thread pools are running can inherit
+    a held lock and hang in its first OpenCV call (seen under pytest-xdist)."""
     if num_workers <= 1 or len(tasks) < 16 or mp.current_process().daemon:
         for task in tasks:
-            yield _generate_image(task)
+            yield draw(task)
         return
-    with mp.get_context("spawn").Pool(num_workers, initializer=_worker_init) as pool:
-        yield from pool.imap(_generate_image, tasks, chunksize=4)
+    with _main_module_hidden():
+        pool = mp.get_context("spawn").Pool(num_workers, initializer=_worker_init)
+    with pool:
+        yield from pool.imap(draw, tasks, chunksize=4)
 
 
 def _check_split_name(split: str) -> None:
@@ -120,6 +241,52 @@ def _check_split_name(split: str) -> None:
             f"Shapes split name {split!r} must be non-empty and made of letters, digits, "
             "'_' and '-' (it names a directory and a json file)."
         )
+
+
+def _check_generation_args(split: str, num_images: Any, seed: Any, image_size: Any) -> None:
+    _check_split_name(split)
+    if not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"num_images must be a positive int, got {num_images!r}.")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+    if not isinstance(image_size, int) or image_size < 64:
+        raise ValueError(f"image_size must be an int >= 64, got {image_size!r}.")
+
+
+def generate_split(generator: ShapesGenerator, output_dir: str, split: str, num_images: int,
+                   seed: int, image_size: int = 256, num_workers: Optional[int] = None) -> None:
+    """Generate split ``split`` of the kind ``generator`` describes into ``output_dir``.
+
+    Writes every directory and json file of ``generator`` for this split. The output is a
+    function of ``(seed, split)`` only: the same arguments give byte-identical files whatever
+    ``num_workers`` is (default: the usable cores, at most 8; 0 or 1 runs in this process).
+    Existing files of the same names are overwritten.
+    """
+    _check_generation_args(split, num_images, seed, image_size)
+    workers = _default_num_workers() if num_workers is None else int(num_workers)
+    for directory in generator.dirs(split) + ["annotations"]:
+        os.makedirs(os.path.join(output_dir, directory), exist_ok=True)
+    logger.info("Generating %d %s images of split '%s' (seed %d) in %s with %d worker(s) ...",
+                num_images, generator.name, split, seed, output_dir, max(workers, 1))
+
+    tasks = [(seed, split, i, image_size, output_dir) for i in range(num_images)]
+    start = time.perf_counter()
+    last_log = start
+    records = []
+    for record in _iterate_images(generator.draw_image, tasks, workers):
+        records.append(record)
+        now = time.perf_counter()
+        if now - last_log >= 5.0 and len(records) < num_images:
+            logger.info("  %s '%s': %d/%d images (%.1f s)", generator.name, split, len(records),
+                        num_images, now - start)
+            last_log = now
+
+    info = {"description": generator.description, "version": str(generator.version),
+            "split": split, "seed": seed, "num_images": num_images, "image_size": image_size}
+    generator.write_annotations(output_dir, split, info, records)
+    logger.info("Generated %s split '%s': %d images, %d objects in %.1f s -> %s",
+                generator.name, split, num_images, sum(len(r["annotations"]) for r in records),
+                time.perf_counter() - start, output_dir)
 
 
 def generate_shapes_dataset(output_dir: str, split: str, num_images: int, seed: int,
@@ -132,56 +299,8 @@ def generate_shapes_dataset(output_dir: str, split: str, num_images: int, seed: 
     ``num_workers`` is (default: the usable cores, at most 8; 0 or 1 runs in this process).
     Existing files of the same names are overwritten.
     """
-    _check_split_name(split)
-    if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images must be a positive int, got {num_images!r}.")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-    if not isinstance(image_size, int) or image_size < 64:
-        raise ValueError(f"image_size must be an int >= 64, got {image_size!r}.")
-    workers = _default_num_workers() if num_workers is None else int(num_workers)
-
-    image_dir = os.path.join(output_dir, split)
-    ann_dir = os.path.join(output_dir, "annotations")
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(ann_dir, exist_ok=True)
-    logger.info("Generating %d shapes images of split '%s' (seed %d) in %s with %d worker(s) ...",
-                num_images, split, seed, output_dir, max(workers, 1))
-
-    tasks = [(seed, split, i, image_size, image_dir) for i in range(num_images)]
-    start = time.perf_counter()
-    last_log = start
-    images, annotations = [], []
-    for index, record in enumerate(_iterate_images(tasks, workers)):
-        image_id = index + 1
-        images.append({"id": image_id, "file_name": record["file_name"],
-                       "height": record["height"], "width": record["width"]})
-        for ann in record["annotations"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-        now = time.perf_counter()
-        if now - last_log >= 5.0 and index + 1 < num_images:
-            logger.info("  shapes '%s': %d/%d images (%.1f s)", split, index + 1, num_images,
-                        now - start)
-            last_log = now
-
-    coco = {
-        "info": {"description": "segtron synthetic shapes", "version": str(GENERATOR_VERSION),
-                 "split": split, "seed": seed, "num_images": num_images,
-                 "image_size": image_size},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
-                       for i, name in enumerate(SHAPES_CLASSES)],
-    }
-    json_file = os.path.join(ann_dir, f"instances_{split}.json")
-    tmp_file = json_file + f".tmp{os.getpid()}"
-    with open(tmp_file, "w", encoding="utf-8") as f:
-        json.dump(coco, f, separators=(",", ":"))
-    os.replace(tmp_file, json_file)
-    logger.info("Generated shapes split '%s': %d images, %d objects in %.1f s -> %s", split,
-                num_images, len(annotations), time.perf_counter() - start, json_file)
-    return json_file
+    generate_split(INSTANCES, output_dir, split, num_images, seed, image_size, num_workers)
+    return os.path.join(output_dir, "annotations", f"instances_{split}.json")
 
 
 # ----------------------------------------------------------------------------- first use
@@ -221,6 +340,93 @@ def _exclusive_lock(lock_file: str, what: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _move_into_place(generator: ShapesGenerator, tmp_dir: str, root_dir: str,
+                     split: str) -> None:
+    """Move the split's directories and jsons from ``tmp_dir`` to ``root_dir``; what they
+    replace goes into ``tmp_dir``, to be deleted with it (under a name with a dot, which no
+    split's directory has)."""
+    for i, directory in enumerate(generator.dirs(split)):
+        target = os.path.join(root_dir, directory)
+        if os.path.exists(target):
+            os.rename(target, os.path.join(tmp_dir, f".old_{i}"))
+        os.rename(os.path.join(tmp_dir, directory), target)
+    for json_file in generator.jsons(split):
+        target = os.path.join(root_dir, json_file)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(tmp_dir, json_file), target)
+
+
+def prepare_split(generator: ShapesGenerator, root_dir: str, split: str, num_images: int,
+                  seed: int, *, image_size: int = 256, num_workers: Optional[int] = None,
+                  force: bool = False, require_same_params: bool = False) -> None:
+    """Make sure split ``split`` of kind ``generator`` exists, complete, under ``root_dir``.
+
+    A split counts as complete when its marker ``root_dir/.<split>_complete.json`` (written
+    last) exists. An existing complete split is kept as it is, whatever parameters it was
+    generated with, unless ``force`` is set or ``require_same_params`` is set and they differ
+    from these. Generation is safe when several processes call this at once: one generates
+    (under an ``fcntl`` lock on ``root_dir/.lock``, into a temporary directory whose contents
+    are renamed into place), the others wait.
+    """
+    _check_split_name(split)
+    outputs = [os.path.join(root_dir, p) for p in generator.dirs(split) + generator.jsons(split)]
+    marker = _marker_path(root_dir, split)
+    params = {"version": generator.version, "split": split, "num_images": num_images,
+              "seed": seed, "image_size": image_size}
+    what = f"{generator.name} split '{split}'"
+
+    def usable(found: Optional[Dict[str, Any]]) -> bool:
+        if found is None or force or not all(os.path.exists(p) for p in outputs):
+            return False
+        same = all(found.get(k) == v for k, v in params.items())
+        if not same and require_same_params:
+            return False
+        if not same:
+            logger.info("Using existing %s in %s, generated with %s.", what, root_dir,
+                        {k: found.get(k) for k in params})
+        return True
+
+    if usable(_read_marker(marker)):  # fast path, no lock (also works on read-only storage)
+        return
+
+    lock_file = os.path.join(root_dir, ".lock")
+    try:  # fail early, and clearly, where the data cannot be written
+        os.makedirs(root_dir, exist_ok=True)
+        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
+    except OSError as e:
+        raise OSError(
+            f"Cannot generate the {what} in '{root_dir}': {e}. Point $SEGTRON_DATASETS at a "
+            f"writable directory, or generate the data elsewhere with "
+            f"'{generator.prepare_command} --root DIR' and set SEGTRON_DATASETS=DIR."
+        ) from e
+    with _exclusive_lock(lock_file, f"{what} in {root_dir}"):
+        found = _read_marker(marker)
+        if usable(found):  # another process generated it while we waited
+            logger.info("The %s in %s is ready (prepared by another process).", what, root_dir)
+            return
+        if found is None and any(os.path.exists(p) for p in outputs):
+            logger.warning("The %s in %s is incomplete (no marker %s): regenerating.", what,
+                           root_dir, marker)
+        # Under the lock nobody else is generating here: leftovers of crashed runs can go.
+        for entry in os.listdir(root_dir):
+            if entry.startswith(".tmp_"):
+                shutil.rmtree(os.path.join(root_dir, entry), ignore_errors=True)
+        tmp_dir = tempfile.mkdtemp(prefix=f".tmp_{split}_", dir=root_dir)
+        try:
+            generate_split(generator, tmp_dir, split, num_images, seed, image_size=image_size,
+                           num_workers=num_workers)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(marker)
+            _move_into_place(generator, tmp_dir, root_dir, split)
+            done = dict(params, generated_by_pid=os.getpid(), generated_at=time.time())
+            with open(marker + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(done, f)
+            os.replace(marker + ".tmp", marker)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("The %s is ready in %s.", what, root_dir)
+
+
 def prepare_shapes_split(root_dir: str, split: str, num_images: int, seed: int, *,
                          image_size: int = 256, num_workers: Optional[int] = None,
                          force: bool = False,
@@ -235,69 +441,10 @@ def prepare_shapes_split(root_dir: str, split: str, num_images: int, seed: int, 
     processes call this at once: one generates (under an ``fcntl`` lock on
     ``root_dir/.lock``, into a temporary directory renamed into place), the others wait.
     """
-    _check_split_name(split)
-    json_file = os.path.join(root_dir, "annotations", f"instances_{split}.json")
-    image_root = os.path.join(root_dir, split)
-    marker = _marker_path(root_dir, split)
-    params = {"version": GENERATOR_VERSION, "split": split, "num_images": num_images,
-              "seed": seed, "image_size": image_size}
-
-    def usable(found: Optional[Dict[str, Any]]) -> bool:
-        if found is None or force or not os.path.isfile(json_file) or not os.path.isdir(image_root):
-            return False
-        same = all(found.get(k) == v for k, v in params.items())
-        if not same and require_same_params:
-            return False
-        if not same:
-            logger.info("Using existing shapes split '%s' in %s, generated with %s.", split,
-                        root_dir, {k: found.get(k) for k in params})
-        return True
-
-    if usable(_read_marker(marker)):  # fast path, no lock (also works on read-only storage)
-        return json_file, image_root
-
-    lock_file = os.path.join(root_dir, ".lock")
-    try:  # fail early, and clearly, where the data cannot be written
-        os.makedirs(root_dir, exist_ok=True)
-        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
-    except OSError as e:
-        raise OSError(
-            f"Cannot generate the shapes dataset (split '{split}') in '{root_dir}': {e}. Point "
-            "$SEGTRON_DATASETS at a writable directory, or generate the data elsewhere with "
-            "'python datasets/prepare_shapes.py --root DIR' and set SEGTRON_DATASETS=DIR."
-        ) from e
-    with _exclusive_lock(lock_file, f"shapes split '{split}' in {root_dir}"):
-        found = _read_marker(marker)
-        if usable(found):  # another process generated it while we waited
-            logger.info("Shapes split '%s' in %s is ready (prepared by another process).",
-                        split, root_dir)
-            return json_file, image_root
-        if found is None and (os.path.exists(json_file) or os.path.exists(image_root)):
-            logger.warning("Shapes split '%s' in %s is incomplete (no marker %s): regenerating.",
-                           split, root_dir, marker)
-        # Under the lock nobody else is generating here: leftovers of crashed runs can go.
-        for entry in os.listdir(root_dir):
-            if entry.startswith(".tmp_"):
-                shutil.rmtree(os.path.join(root_dir, entry), ignore_errors=True)
-        tmp_dir = tempfile.mkdtemp(prefix=f".tmp_{split}_", dir=root_dir)
-        try:
-            generate_shapes_dataset(tmp_dir, split, num_images, seed, image_size=image_size,
-                                    num_workers=num_workers)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(marker)
-            if os.path.exists(image_root):
-                os.rename(image_root, os.path.join(tmp_dir, "old_images"))
-            os.rename(os.path.join(tmp_dir, split), image_root)
-            os.makedirs(os.path.dirname(json_file), exist_ok=True)
-            os.replace(os.path.join(tmp_dir, "annotations", f"instances_{split}.json"), json_file)
-            done = dict(params, generated_by_pid=os.getpid(), generated_at=time.time())
-            with open(marker + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(done, f)
-            os.replace(marker + ".tmp", marker)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    logger.info("Shapes split '%s' is ready: %s, %s", split, json_file, image_root)
-    return json_file, image_root
+    prepare_split(INSTANCES, root_dir, split, num_images, seed, image_size=image_size,
+                  num_workers=num_workers, force=force, require_same_params=require_same_params)
+    return (os.path.join(root_dir, "annotations", f"instances_{split}.json"),
+            os.path.join(root_dir, split))
 
 
 # ----------------------------------------------------------------------------- registration

@@ -163,8 +163,11 @@ def _mask_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
 # ----------------------------------------------------------------------------- one image
 
 
-def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), index]))
+def _image_rng(seed: int, split: str, index: int, *stream: int) -> np.random.Generator:
+    """The generator of image ``index`` of ``split``; ``stream`` (extra ints) separates the
+    random streams of other datasets drawn from the same (seed, split, index)."""
+    entropy = [seed, zlib.crc32(split.encode()), index, *stream]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
 def _place_shapes(rng: np.random.Generator, height: int, width: int,
@@ -213,10 +216,21 @@ def _render(rng: np.random.Generator, shapes: List[Dict[str, Any]], height: int,
             width: int) -> np.ndarray:
     """Paint ``shapes`` in order on a textured background; blur / noise it; uint8 (H, W, 3)."""
     canvas = _background(rng, height, width)
+    _paint_shapes(rng, canvas, shapes)
+    return _finish(rng, canvas)
+
+
+def _paint_shapes(rng: np.random.Generator, canvas: np.ndarray,
+                  shapes: List[Dict[str, Any]]) -> None:
+    """Paint ``shapes`` in list order on the float32 ``canvas`` (in place)."""
     colors: List[np.ndarray] = []
     for s in shapes:
         avoid = [colors[j] for j in s["covers"]]
         colors.append(_paint(rng, canvas, s["full_mask"], s["box"], avoid))
+
+
+def _finish(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
+    """Blur and / or add pixel noise to some images; round to uint8 (H, W, 3)."""
     if rng.random() < 0.5:
         canvas = cv2.GaussianBlur(canvas, (3, 3), 0)
     if rng.random() < _NOISE_PROBABILITY:  # pixel noise on some images (it bloats the PNGs)

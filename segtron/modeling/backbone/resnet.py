@@ -78,22 +78,28 @@ class BasicBlock(CNNBlockBase):
         in_channels, out_channels: channels of the input and of the output.
         stride: stride of the first conv (and of the projection shortcut).
         norm: norm of every conv (a :func:`get_norm` name or callable).
+        dilation: dilation (and padding) of both 3x3 convs. segtron only: Detectron2 and
+            torchvision refuse dilated basic blocks; here both convs of a dilated stage sit on
+            the finer grid, so both are dilated (as in dilated residual networks).
 
     Submodules ``conv1``, ``conv2`` and, when ``in_channels != out_channels``, ``shortcut``.
     ``forward(x (N, in, H, W)) -> (N, out, H / stride, W / stride)`` computes
     ``relu(conv2(relu(conv1(x))) + shortcut(x))``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN"):
+    def __init__(
+        self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN",
+        dilation: int = 1,
+    ):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False,
-            norm=get_norm(norm, out_channels),
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=dilation,
+            dilation=dilation, bias=False, norm=get_norm(norm, out_channels),
         )
         self.conv2 = Conv2d(
-            out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False,
-            norm=get_norm(norm, out_channels),
+            out_channels, out_channels, kernel_size=3, stride=1, padding=dilation,
+            dilation=dilation, bias=False, norm=get_norm(norm, out_channels),
         )
         _msra_init(self.conv1, self.conv2, self.shortcut)
 
@@ -481,6 +487,29 @@ class ResNet(Backbone):
 make_stage = ResNet.make_stage
 """Module-level alias of :meth:`ResNet.make_stage` (as in Detectron2)."""
 
+# Allowed (RES4_DILATION, RES5_DILATION) -> output stride of res5. A dilated stage keeps the
+# stride of its first block at 1 and dilates its 3x3 convs by the product of every stride removed
+# up to it, so a dilated res4 forces res5 to 4.
+_DILATIONS = {(1, 1): 32, (1, 2): 16, (2, 4): 8}
+
+
+def _stage_dilations(resnets) -> Dict[str, int]:
+    """``{"res4": d4, "res5": d5}`` from MODEL.RESNETS.RES4_DILATION / RES5_DILATION.
+
+    Raises ValueError naming both keys and the allowed pairs when the pair is not one of
+    (1, 1) (output stride 32), (1, 2) (16, "DC5") or (2, 4) (8, "DC8").
+    """
+    pair = (resnets.RES4_DILATION, resnets.RES5_DILATION)
+    if pair not in _DILATIONS:
+        allowed = ", ".join(f"{p} (output stride {s})" for p, s in _DILATIONS.items())
+        raise ValueError(
+            f"MODEL.RESNETS.RES4_DILATION={pair[0]} with MODEL.RESNETS.RES5_DILATION={pair[1]} "
+            f"is not supported. Allowed (RES4_DILATION, RES5_DILATION): {allowed}. A dilated "
+            "stage's dilation is the product of the strides removed up to it, so "
+            "RES4_DILATION 2 needs RES5_DILATION 4 and RES5_DILATION 4 needs RES4_DILATION 2."
+        )
+    return {"res4": pair[0], "res5": pair[1]}
+
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
@@ -488,11 +517,26 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
 
     Reads DEPTH, NUM_GROUPS, WIDTH_PER_GROUP (bottleneck width of res2 = their product, doubled
     at each later stage), STEM_OUT_CHANNELS, RES2_OUT_CHANNELS (doubled at each later stage),
-    STRIDE_IN_1X1, RES5_DILATION (2: res5 keeps stride 16 and uses dilated 3x3 convs),
-    DEFORM_ON_PER_STAGE, DEFORM_MODULATED, DEFORM_NUM_GROUPS, NORM and OUT_FEATURES.
-    Depths 18 and 34 use basic blocks (no NUM_GROUPS, dilation or deformable convs); unlike
-    Detectron2, which requires 64, their RES2_OUT_CHANNELS may be any width but the bottleneck
-    default 256 (refused as a likely leftover of a ResNet-50 config).
+    STRIDE_IN_1X1, RES4_DILATION and RES5_DILATION, DEFORM_ON_PER_STAGE, DEFORM_MODULATED,
+    DEFORM_NUM_GROUPS, NORM and OUT_FEATURES.
+
+    Dilation rule: a stage with dilation d > 1 has stride 1 in its first block (it keeps its
+    input's resolution) and every 3x3 conv of the stage, in every block, has dilation and
+    padding d. d is the product of the strides removed up to that stage, so the allowed
+    (RES4_DILATION, RES5_DILATION) are (1, 1): res5 at stride 32; (1, 2): res5 at stride 16
+    ("DC5"); (2, 4): res4 and res5 at stride 8 ("DC8", torchvision's
+    ``replace_stride_with_dilation=[False, True, True]``). Others raise ValueError (Detectron2's
+    DeepLab project also accepts (1, 4), whose res5 is dilated beyond the stride it removes).
+    With the stride on the 1x1 conv (STRIDE_IN_1X1, MSRA weights) the dilated network is
+    exactly the plain one evaluated on a finer grid; with it on the 3x3 conv (torchvision
+    layout, basic blocks) the first block's formerly strided 3x3 conv is dilated too, as in
+    Detectron2, where torchvision keeps the previous stage's dilation there. Parameter names
+    and shapes do not depend on dilation.
+
+    Depths 18 and 34 use basic blocks (no NUM_GROUPS or deformable convs; dilation applies to
+    both 3x3 convs, which Detectron2 does not allow); unlike Detectron2, which requires 64,
+    their RES2_OUT_CHANNELS may be any width but the bottleneck default 256 (refused as a likely
+    leftover of a ResNet-50 config).
 
     Args:
         cfg: a config.
@@ -513,10 +557,8 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     bottleneck_channels = num_groups * r.WIDTH_PER_GROUP
     in_channels = r.STEM_OUT_CHANNELS
     out_channels = r.RES2_OUT_CHANNELS
-    res5_dilation = r.RES5_DILATION
+    dilations = _stage_dilations(r)
     deform_on = list(r.DEFORM_ON_PER_STAGE)
-    if res5_dilation not in (1, 2):
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res5_dilation}.")
     if len(deform_on) != 4:
         raise ValueError(
             "MODEL.RESNETS.DEFORM_ON_PER_STAGE needs 4 booleans (res2..res5), got "
@@ -538,8 +580,6 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
                 depth, out_channels, [out_channels * 2 ** i for i in range(4)])
         if any(deform_on):
             problems.append("MODEL.RESNETS.DEFORM_ON_PER_STAGE must be all False")
-        if res5_dilation != 1:
-            problems.append("MODEL.RESNETS.RES5_DILATION must be 1")
         if num_groups != 1:
             problems.append(f"MODEL.RESNETS.NUM_GROUPS={num_groups} must be 1")
         if problems:
@@ -550,14 +590,14 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     stem = BasicStem(in_channels=input_shape.channels, out_channels=in_channels, norm=norm)
     stages = []
     for index, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
-        is_res5 = index == 3
-        dilation = res5_dilation if is_res5 else 1
-        first_stride = 1 if index == 0 or (is_res5 and dilation == 2) else 2
+        dilation = dilations.get(f"res{index + 2}", 1)
+        first_stride = 1 if index == 0 or dilation > 1 else 2
         stage_kwargs = {
             "stride_per_block": [first_stride] + [1] * (num_blocks - 1),
             "in_channels": in_channels,
             "out_channels": out_channels,
             "norm": norm,
+            "dilation": dilation,
         }
         if depth in (18, 34):
             block_class = BasicBlock
@@ -565,7 +605,6 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
             stage_kwargs.update(
                 bottleneck_channels=bottleneck_channels,
                 stride_in_1x1=r.STRIDE_IN_1X1,
-                dilation=dilation,
                 num_groups=num_groups,
             )
             if deform_on[index]:

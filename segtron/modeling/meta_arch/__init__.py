@@ -3,6 +3,7 @@ by ``build_model(cfg)`` from ``META_ARCH_REGISTRY`` by MODEL.META_ARCHITECTURE."
 
 from .build import META_ARCH_REGISTRY, build_model
 from .dense_detector import DenseDetector
+from .fcn_head import FCNHead
 from .fcos import FCOS, FCOSHead
 from .panoptic_fpn import PanopticFPN, combine_semantic_and_instance_outputs
 from .rcnn import GeneralizedRCNN, ProposalNetwork
@@ -18,6 +19,7 @@ __all__ = [
     "META_ARCH_REGISTRY",
     "build_model",
     "DenseDetector",
+    "FCNHead",
     "FCOS",
     "FCOSHead",
     "GeneralizedRCNN",
