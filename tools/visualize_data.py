@@ -2,16 +2,25 @@
 """Draw the ground truth of the training datasets, as annotated or as the model is fed.
 
 ``--source annotation`` draws each raw dataset dict of ``DATASETS.TRAIN`` on its image
-(polygons / RLE masks, boxes, class names, keypoints, semantic labels). ``--source dataloader``
-draws what ``build_detection_train_loader(cfg)`` yields: the augmented image (converted back to
-RGB from ``INPUT.FORMAT``) with its ``gt_boxes``, ``gt_masks``, ``gt_keypoints`` and class names.
-One PNG per image goes to ``--output-dir``. Detectron2's ``tools/visualize_data.py``, plus
-``--num`` and ``--scale``.
+(polygons / RLE masks, boxes, class names, keypoints), and its segmentation ground truth:
+semantic label maps (``sem_seg_file_name``, coloured by ``stuff_colors``), COCO panoptic
+segments (``pan_seg_file_name`` + ``segments_info``) and, for Panoptic FPN's "separated"
+datasets, the instances over their stuff label map. ``--source dataloader`` draws what
+``build_detection_train_loader(cfg)`` yields: the augmented image (converted back to RGB from
+``INPUT.FORMAT``) with its ``gt_boxes``, ``gt_masks``, ``gt_keypoints``, class names and, when
+present, its ``sem_seg`` label map. One PNG per image goes to ``--output-dir``. Detectron2's
+``tools/visualize_data.py``, plus ``--num`` and ``--scale``.
+
+Label maps are drawn first and instances on top. In a "separated" dataset the stuff map gives
+every thing pixel one merged label (``stuff_classes[0] == "things"``); that label is left out
+where the instances themselves are drawn.
 
 Example::
 
     python tools/visualize_data.py --source dataloader --output-dir vis/ --num 8 \\
         DATASETS.TRAIN "('shapes_train',)" MODEL.MASK_ON True INPUT.MASK_FORMAT bitmask
+    python tools/visualize_data.py --source annotation --output-dir vis/panoptic --num 8 \\
+        DATASETS.TRAIN "('shapes_panoptic_val',)"
 """
 
 import argparse
@@ -20,7 +29,10 @@ import os
 import sys
 from collections import Counter
 from itertools import chain
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # runnable as `python tools/visualize_data.py` from anywhere
@@ -30,10 +42,13 @@ import train_net  # noqa: E402  (imports projects/: their datasets and config ke
 from segtron.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader  # noqa: E402
 from segtron.data import detection_utils as utils  # noqa: E402
 from segtron.data.build import filter_images_with_few_keypoints  # noqa: E402
+from segtron.utils.file_io import PathManager  # noqa: E402
 from segtron.utils.logger import setup_logger  # noqa: E402
 from segtron.utils.visualizer import VisImage, Visualizer  # noqa: E402
 
 logger = logging.getLogger("segtron.tools.visualize_data")
+
+SEM_SEG_ALPHA = 0.5  # opacity of label-map fills (as Visualizer.draw_dataset_dict draws them)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -93,8 +108,62 @@ class _Writer:
             cv2.waitKey()
 
 
+def merged_things_label(metadata) -> Optional[int]:
+    """The label a "separated" panoptic stuff map gives every thing pixel, else None.
+
+    Panoptic FPN's semantic target (Detectron2's ``*_panoptic_separated`` datasets) merges all
+    things into class 0, named ``"things"`` in ``stuff_classes``; the instances carry the
+    actual classes.
+    """
+    stuff_classes = metadata.get("stuff_classes")
+    if stuff_classes and stuff_classes[0] == "things" and metadata.get("thing_classes"):
+        return 0
+    return None
+
+
+def draw_label_map(vis: Visualizer, sem_seg: Any, metadata, with_instances: bool) -> None:
+    """Draw a semantic label map (HxW class ids, tensor or array) with ``draw_sem_seg``.
+
+    With ``with_instances``, the merged "things" label of a separated dataset (see
+    ``merged_things_label``) is not drawn: the instances drawn after it show those pixels.
+    """
+    if hasattr(sem_seg, "detach"):
+        sem_seg = sem_seg.detach().cpu().numpy()
+    sem_seg = np.asarray(sem_seg)
+    things = merged_things_label(metadata) if with_instances else None
+    if things is not None:
+        sem_seg = np.where(sem_seg == things, -1, sem_seg.astype(np.int64))  # -1: not drawn
+    vis.draw_sem_seg(sem_seg, area_threshold=0, alpha=SEM_SEG_ALPHA)
+
+
+def read_label_map(dic: Dict[str, Any]) -> Optional[np.ndarray]:
+    """The dict's ``sem_seg`` or the label png at ``sem_seg_file_name``; None without either."""
+    if dic.get("sem_seg") is not None:
+        return np.asarray(dic["sem_seg"])
+    if "sem_seg_file_name" not in dic:
+        return None
+    with PathManager.open(dic["sem_seg_file_name"], "rb") as f:
+        return np.asarray(Image.open(f), dtype=np.uint8)
+
+
+def draw_ground_truth(vis: Visualizer, dic: Dict[str, Any], metadata) -> VisImage:
+    """Draw one raw dataset dict: its label map first (``sem_seg_file_name`` or ``sem_seg``),
+    then what ``Visualizer.draw_dataset_dict`` draws of the rest (instances, keypoints, COCO
+    panoptic ``pan_seg_file_name`` + ``segments_info``).
+
+    Returns:
+        the output :class:`VisImage`.
+    """
+    sem_seg = read_label_map(dic)
+    if sem_seg is not None:
+        draw_label_map(vis, sem_seg, metadata, with_instances=bool(dic.get("annotations")))
+    rest = {k: v for k, v in dic.items() if k not in ("sem_seg", "sem_seg_file_name")}
+    return vis.draw_dataset_dict(rest)
+
+
 def draw_dataloader(cfg, args, metadata, write: _Writer) -> None:
-    """Draw the batches of the training loader (augmented images and their ``Instances``)."""
+    """Draw the batches of the training loader: augmented images, their ``sem_seg`` label map
+    when the mapper produced one, and their ``Instances``."""
     if args.num is None:
         logger.info("Drawing training batches until interrupted (Ctrl-C); use --num to stop.")
     for batch in build_detection_train_loader(cfg):
@@ -105,7 +174,10 @@ def draw_dataloader(cfg, args, metadata, write: _Writer) -> None:
             img = utils.convert_image_to_rgb(img, cfg.INPUT.FORMAT)
             vis = Visualizer(img, metadata=metadata, scale=args.scale)
             instances = per_image.get("instances")
-            if instances is not None and len(instances) > 0:
+            has_instances = instances is not None and len(instances) > 0
+            if per_image.get("sem_seg") is not None:
+                draw_label_map(vis, per_image["sem_seg"], metadata, with_instances=has_instances)
+            if has_instances:
                 class_names = metadata.get("thing_classes")  # set once the dataset is loaded
                 classes = instances.gt_classes.tolist() if instances.has("gt_classes") else None
                 labels = ([class_names[c] for c in classes] if classes and class_names
@@ -117,8 +189,6 @@ def draw_dataloader(cfg, args, metadata, write: _Writer) -> None:
                     keypoints=(instances.get("gt_keypoints") if instances.has("gt_keypoints")
                                else None),
                 )
-            if "sem_seg" in per_image:
-                vis.draw_sem_seg(per_image["sem_seg"], area_threshold=0, alpha=0.5)
             stem = str(per_image.get("image_id", os.path.splitext(
                 os.path.basename(per_image["file_name"]))[0]))
             write(vis.get_output(), stem)
@@ -134,7 +204,8 @@ def draw_annotations(cfg, args, metadata, write: _Writer) -> None:
     for dic in dicts:
         img = utils.read_image(dic["file_name"], "RGB")
         vis = Visualizer(img, metadata=metadata, scale=args.scale)
-        write(vis.draw_dataset_dict(dic), os.path.splitext(os.path.basename(dic["file_name"]))[0])
+        write(draw_ground_truth(vis, dic, metadata),
+              os.path.splitext(os.path.basename(dic["file_name"]))[0])
 
 
 def main(argv: Optional[List[str]] = None) -> int:

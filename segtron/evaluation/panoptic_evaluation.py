@@ -2,13 +2,15 @@
 
 ``process`` turns each image's ``output["panoptic_seg"]`` into a COCO panoptic prediction (an
 RGB-encoded png kept in memory and a json entry with dataset category ids); ``evaluate``
-gathers them from all processes, writes them out and scores them with our own PQ
-implementation (``panoptic_quality.pq_compute``, identical numbers to panopticapi) against the
-dataset's ``panoptic_json`` / ``panoptic_root``. Results are percentages:
+gathers them from all processes, writes them out (kept in ``output_dir`` when one is given)
+and scores them with our own PQ implementation (``panoptic_quality.pq_compute``, identical
+numbers to panopticapi) against the dataset's ``panoptic_json`` / ``panoptic_root``. Results
+are percentages:
 ``{"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ-<category>", "SQ-<category>",
 "RQ-<category>"}}``.
 """
 
+import contextlib
 import copy
 import io
 import itertools
@@ -58,8 +60,12 @@ class COCOPanopticEvaluator(DatasetEvaluator):
     the model's contiguous category ids back into dataset ids. Every ground-truth image must
     receive a prediction.
 
-    Outputs: ``output_dir/predictions.json`` (COCO panoptic format; the pngs it refers to live
-    in a temporary folder deleted after scoring, as in Detectron2).
+    Outputs, when ``output_dir`` is given: ``output_dir/predictions.json`` (COCO panoptic
+    format: the ground-truth json with the predicted ``annotations``) and the pngs it refers to
+    in ``output_dir/predictions/`` (panopticapi's convention: the pngs of ``X.json`` live in
+    folder ``X``), so the pair can be scored or drawn again later (``pq_compute``,
+    ``tools/visualize_json_results.py``). Without ``output_dir`` the pngs go to a temporary
+    folder deleted after scoring, as in Detectron2.
     """
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
@@ -67,7 +73,8 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         Args:
             dataset_name: a registered dataset with the panoptic metadata described above
                 (``label_divisor``, default 1000, is used for outputs without segments_info).
-            output_dir: where to write ``predictions.json``; None: do not keep it.
+            output_dir: where to write ``predictions.json`` and the ``predictions/`` png
+                folder; None: keep neither.
         """
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
@@ -245,20 +252,27 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         with open(gt_json) as f:
             gt_data = json.load(f)
 
-        with tempfile.TemporaryDirectory(prefix="panoptic_eval") as pred_dir:
+        pred_data = copy.copy(gt_data)
+        pred_data["annotations"] = [
+            {k: v for k, v in p.items() if k != "png_string"} for p in predictions
+        ]
+        with contextlib.ExitStack() as stack:
+            if self._output_dir:
+                # Kept beside predictions.json, in the folder panopticapi looks for.
+                pred_dir = os.path.join(self._output_dir, "predictions")
+                PathManager.mkdirs(pred_dir)
+            else:
+                pred_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="panoptic_eval"))
             logger.info("Writing all panoptic predictions to %s ...", pred_dir)
             for p in predictions:
-                with open(os.path.join(pred_dir, p["file_name"]), "wb") as f:
+                with PathManager.open(os.path.join(pred_dir, p["file_name"]), "wb") as f:
                     f.write(p["png_string"])
-            pred_data = copy.copy(gt_data)
-            pred_data["annotations"] = [
-                {k: v for k, v in p.items() if k != "png_string"} for p in predictions
-            ]
             if self._output_dir:
                 predictions_json = os.path.join(self._output_dir, "predictions.json")
                 with PathManager.open(predictions_json, "w") as f:
                     f.write(json.dumps(pred_data))
-            pq_res = pq_compute(gt_data, pred_data, gt_folder=gt_folder, pred_folder=pred_dir)
+            pq_res = pq_compute(gt_data, pred_data, gt_folder=gt_folder,
+                                pred_folder=PathManager.get_local_path(pred_dir))
 
         res: Dict[str, float] = {}
         for _, key, suffix in _SUMMARY_ROWS:

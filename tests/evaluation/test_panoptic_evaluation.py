@@ -460,6 +460,16 @@ def test_evaluator_end_to_end(random_panoptic, panoptic_dataset, tmp_path, catch
     assert [s["category_id"] for s in first["segments_info"]] == [
         s["category_id"] for s in pred_segments]
     assert all("isthing" not in s and s["area"] == 3 for s in first["segments_info"])
+    # The pngs are kept in predictions/ beside predictions.json (panopticapi's convention) and
+    # hold the predicted segment ids, void (0 or -1 in the output) written as 0.
+    png_dir = tmp_path / "out" / "predictions"
+    assert sorted(p.name for p in png_dir.iterdir()) == sorted(
+        a["file_name"] for a in written["annotations"])
+    for _, name, _, _, pred, _ in random_panoptic.images:
+        np.testing.assert_array_equal(read_panoptic_png(str(png_dir / name)), pred)
+    # So the saved pair is usable on its own: scored again with the default folders.
+    assert pq_compute(str(random_panoptic.gt_json),
+                      str(tmp_path / "out" / "predictions.json")) == expected
     text = "\n".join(logs.messages(logging.INFO))
     assert "PQ" in text and "person" in text and "#categories" in text
 
