@@ -13,7 +13,12 @@ from segtron.config import get_cfg
 from segtron.config.merge import iter_full_keys
 from segtron.data import DatasetMapper
 from segtron.data.datasets.coco import load_coco_json
+from segtron.data import DatasetCatalog, MetadataCatalog
 from segtron.data.datasets.shapes import generate_shapes_dataset
+from segtron.data.datasets.shapes_panoptic import (
+    register_shapes_panoptic_split,
+    register_shapes_sem_seg,
+)
 from segtron.modeling import build_model
 from segtron.utils.events import EventStorage
 
@@ -173,12 +178,31 @@ SHAPES_YAML = [rel for rel in ALL_YAML if rel.startswith("Shapes/")]
 
 @pytest.fixture(scope="module")
 def shapes_dicts(tmp_path_factory):
-    """Dataset dicts of two generated shapes images (~256 px)."""
+    """Two small training images of each kind of shapes data, keyed by the builtin dataset
+    names the shapes configs train on: instances (``shapes_train``), semantic labels
+    (``shapes_sem_seg_train``) and Panoptic FPN's separated form
+    (``shapes_panoptic_train_separated``)."""
     root = str(tmp_path_factory.mktemp("shapes"))
     generate_shapes_dataset(root, "train", num_images=2, seed=3, num_workers=1)
     # dataset_name maps the json's category ids 1..5 to the contiguous class ids 0..4.
-    return load_coco_json(f"{root}/annotations/instances_train.json", f"{root}/train",
-                          dataset_name="_test_configs_shapes")
+    instances = load_coco_json(f"{root}/annotations/instances_train.json", f"{root}/train",
+                               dataset_name="_test_configs_shapes")
+    stuff_root = str(tmp_path_factory.mktemp("shapes_panoptic"))
+    register_shapes_sem_seg("_test_configs_sem_seg", stuff_root, "train", 2, 3)
+    register_shapes_panoptic_split("_test_configs_panoptic", stuff_root, "train", 2, 3)
+    names = ["_test_configs_sem_seg", "_test_configs_panoptic", "_test_configs_panoptic_separated",
+             "_test_configs_panoptic_stuffonly"]
+    try:
+        yield {
+            "shapes_train": instances,
+            "shapes_sem_seg_train": DatasetCatalog.get("_test_configs_sem_seg"),
+            "shapes_panoptic_train_separated": DatasetCatalog.get(
+                "_test_configs_panoptic_separated"),
+        }
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
 
 
 def test_shapes_configs_write_to_their_own_output_dirs():
@@ -193,18 +217,22 @@ LOSS_KEYS = {
     "GeneralizedRCNN": {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"},
     "RetinaNet": {"loss_cls", "loss_box_reg"},
     "FCOS": {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"},
+    "SemanticSegmentor": {"loss_sem_seg"},
+    "PanopticFPN": {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask",
+                    "loss_sem_seg"},
 }
 
 
 @pytest.mark.parametrize("rel", SHAPES_YAML)
 def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
     """Each shapes config builds its model, takes a training step's forward/backward on mapped
-    shapes images (augmentations of the config included) and predicts in eval mode (masks
-    too when MODEL.MASK_ON)."""
+    images of the kind it trains on (augmentations of the config included) and predicts in
+    eval mode: instances (masks too when MODEL.MASK_ON), semantic logits, panoptic ids."""
     cfg = _load(rel)
+    dicts = shapes_dicts[cfg.DATASETS.TRAIN[0]]
     torch.manual_seed(0)
     model = build_model(cfg)
-    batch = [DatasetMapper(cfg, is_train=True)(dict(d)) for d in shapes_dicts]
+    batch = [DatasetMapper(cfg, is_train=True)(dict(d)) for d in dicts]
     assert min(batch[0]["image"].shape[-2:]) in cfg.INPUT.MIN_SIZE_TRAIN
     with EventStorage():
         losses = model(batch)
@@ -214,11 +242,18 @@ def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
     total.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.eval()
-    test_inputs = [DatasetMapper(cfg, is_train=False)(dict(d)) for d in shapes_dicts]
+    test_inputs = [DatasetMapper(cfg, is_train=False)(dict(d)) for d in dicts]
     with torch.no_grad():
         outputs = model(test_inputs)
-    for d, out in zip(shapes_dicts, outputs):
+    for d, out in zip(dicts, outputs):
+        size = (d["height"], d["width"])
+        if "sem_seg" in out:
+            assert out["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, *size)
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+            continue
         instances = out["instances"]
-        assert instances.image_size == (d["height"], d["width"])
+        assert instances.image_size == size
         assert instances.has("pred_masks") == cfg.MODEL.MASK_ON
         assert len(instances) <= cfg.TEST.DETECTIONS_PER_IMAGE
+        if cfg.MODEL.META_ARCHITECTURE == "PanopticFPN":
+            assert out["panoptic_seg"][0].shape == size

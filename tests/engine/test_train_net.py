@@ -22,6 +22,7 @@ from segtron.data import DatasetCatalog, MetadataCatalog
 from segtron.data.datasets.shapes import prepare_shapes_split, register_shapes_instances
 from segtron.modeling import build_model
 from segtron.solver import build_lr_scheduler
+from tests.engine.defaults_toys import restored_process_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(REPO, "train_net.py")
@@ -169,9 +170,10 @@ def test_unevaluated_test_dataset_fails_at_start_up(tmp_path, monkeypatch):
         "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
     ])
     try:
-        with pytest.raises(NotImplementedError,
-                           match=r"st_test_cityscapes_like.*'cityscapes_instance'.*'sem_seg'"):
-            train_net.main(args)
+        with restored_process_state(), pytest.raises(
+            NotImplementedError, match=r"st_test_cityscapes_like.*'cityscapes_instance'.*'sem_seg'"
+        ):
+            train_net.main(args)  # default_setup configures the loggers: put them back
     finally:
         MetadataCatalog.remove("st_test_cityscapes_like")
 
