@@ -72,3 +72,19 @@ def golden_inputs(root: Path, cfg):
         "height": image.shape[0],
         "width": image.shape[1],
     }]
+
+
+def assert_input_sizes(images, summary) -> None:
+    """The resized and the padded network input sizes are the fixture's."""
+    assert list(images.image_sizes[0]) == summary["resized_input_hw"]
+    assert list(images.tensor.shape[-2:]) == summary["padded_input_hw"]
+
+
+def assert_feature_matches(feature: torch.Tensor, summary, level: str) -> None:
+    """FPN level ``level``: the fixture's shape, and its sum and sum of absolute values within
+    1e-4 relative (../shared/compat/README.md)."""
+    shape, total, abs_total = summary["features"][level]
+    feature = feature.double()
+    assert list(feature.shape) == shape
+    assert feature.sum().item() == pytest.approx(total, rel=1e-4, abs=1e-4 * abs_total)
+    assert feature.abs().sum().item() == pytest.approx(abs_total, rel=1e-4)

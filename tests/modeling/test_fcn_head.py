@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 

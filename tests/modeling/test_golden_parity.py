@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.modeling.golden import MODES, golden_inputs, golden_mode, golden_model
+from tests.modeling.golden import (
+    MODES,
+    assert_feature_matches,
+    assert_input_sizes,
+    golden_inputs,
+    golden_mode,
+    golden_model,
+)
 
 FIXTURE = "golden/mask_rcnn_R50_FPN_thin"
 
@@ -46,18 +53,12 @@ def _run_golden(compat_dir, mode):
 
 
 def test_input_sizes(golden):
-    summary = golden["summary"]
-    assert list(golden["images"].image_sizes[0]) == summary["resized_input_hw"]
-    assert list(golden["images"].tensor.shape[-2:]) == summary["padded_input_hw"]
+    assert_input_sizes(golden["images"], golden["summary"])
 
 
 @pytest.mark.parametrize("level", ["p2", "p3", "p4", "p5", "p6"])
 def test_fpn_features(golden, level):
-    shape, total, abs_total = golden["summary"]["features"][level]
-    feature = golden["features"][level].double()
-    assert list(feature.shape) == shape
-    assert feature.sum().item() == pytest.approx(total, rel=1e-4, abs=1e-4 * abs_total)
-    assert feature.abs().sum().item() == pytest.approx(abs_total, rel=1e-4)
+    assert_feature_matches(golden["features"][level], golden["summary"], level)
 
 
 def test_proposals(golden):

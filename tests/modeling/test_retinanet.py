@@ -20,7 +20,14 @@ from segtron.modeling.meta_arch import RetinaNet, RetinaNetHead
 from segtron.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from segtron.structures import Boxes, Instances
 from segtron.utils.events import EventStorage
-from tests.modeling.golden import MODES, golden_inputs, golden_mode, golden_model
+from tests.modeling.golden import (
+    MODES,
+    assert_feature_matches,
+    assert_input_sizes,
+    golden_inputs,
+    golden_mode,
+    golden_model,
+)
 
 FIXTURE = "golden/retinanet_R50_FPN_thin"
 
@@ -51,17 +58,12 @@ def golden(compat_dir, request):
 
 
 def test_golden_input_sizes(golden):
-    assert list(golden["images"].image_sizes[0]) == golden["summary"]["resized_input_hw"]
-    assert list(golden["images"].tensor.shape[-2:]) == golden["summary"]["padded_input_hw"]
+    assert_input_sizes(golden["images"], golden["summary"])
 
 
 @pytest.mark.parametrize("level", ["p3", "p4", "p5", "p6", "p7"])
 def test_golden_fpn_features(golden, level):
-    shape, total, abs_total = golden["summary"]["features"][level]
-    feature = golden["features"][level].double()
-    assert list(feature.shape) == shape
-    assert feature.sum().item() == pytest.approx(total, rel=1e-4, abs=1e-4 * abs_total)
-    assert feature.abs().sum().item() == pytest.approx(abs_total, rel=1e-4)
+    assert_feature_matches(golden["features"][level], golden["summary"], level)
 
 
 def test_golden_detections(golden):

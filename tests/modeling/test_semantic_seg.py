@@ -15,7 +15,14 @@ from segtron.layers import ShapeSpec
 from segtron.modeling import build_model
 from segtron.modeling.backbone import Backbone
 from segtron.modeling.meta_arch import SemanticSegmentor, SemSegFPNHead
-from tests.modeling.golden import MODES, golden_inputs, golden_mode, golden_model
+from tests.modeling.golden import (
+    MODES,
+    assert_feature_matches,
+    assert_input_sizes,
+    golden_inputs,
+    golden_mode,
+    golden_model,
+)
 
 FIXTURE = "golden/semantic_R50_FPN_thin"
 
@@ -42,17 +49,12 @@ def golden(compat_dir, request):
 
 
 def test_golden_input_sizes(golden):
-    assert list(golden["images"].image_sizes[0]) == golden["summary"]["resized_input_hw"]
-    assert list(golden["images"].tensor.shape[-2:]) == golden["summary"]["padded_input_hw"]
+    assert_input_sizes(golden["images"], golden["summary"])
 
 
 @pytest.mark.parametrize("level", ["p2", "p3", "p4", "p5", "p6"])
 def test_golden_fpn_features(golden, level):
-    shape, total, abs_total = golden["summary"]["features"][level]
-    feature = golden["features"][level].double()
-    assert list(feature.shape) == shape
-    assert feature.sum().item() == pytest.approx(total, rel=1e-4, abs=1e-4 * abs_total)
-    assert feature.abs().sum().item() == pytest.approx(abs_total, rel=1e-4)
+    assert_feature_matches(golden["features"][level], golden["summary"], level)
 
 
 def test_golden_sem_seg(golden):

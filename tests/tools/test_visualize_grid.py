@@ -3,7 +3,6 @@ registered under a test name: one PNG tiling the first --num images' predictions
 
 import importlib.util
 import json
-import logging
 import uuid
 
 import numpy as np
@@ -33,17 +32,6 @@ def tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def restore_logging():
-    """main() calls setup_logger("segtron"); put that logger back as it was afterwards."""
-    logger = logging.getLogger("segtron")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
 
 
 @pytest.fixture

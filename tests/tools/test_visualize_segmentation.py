@@ -10,7 +10,6 @@ blended with ``stuff_colors[k]`` at the tools' opacity (0.5), away from outlines
 
 import importlib.util
 import json
-import logging
 import uuid
 from pathlib import Path
 
@@ -66,14 +65,8 @@ def data_tool():
 
 
 @pytest.fixture(autouse=True)
-def restore_logging():
-    """main() calls setup_logger("segtron"); put that logger back as it was afterwards."""
-    logger = logging.getLogger("segtron")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
+def _restore_logging(restore_logging):
+    """Every test here runs a tool's main()."""
 
 
 @pytest.fixture(scope="module")
