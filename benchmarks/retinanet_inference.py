@@ -34,13 +34,16 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
-from benchmarks.torchvision_peer import build_retinanet_pair, segtron_candidates  # noqa: E402
+from benchmarks.torchvision_peer import (  # noqa: E402
+    build_retinanet_pair,
+    random_image_inputs,
+    segtron_candidates,
+)
 
 TARGET_RATIO = 0.7  # MODEL.CHANNELS_LAST and + MODEL.WINOGRAD_CONV; the default's is 1.0
 HEIGHT, WIDTH = 800, 1067
@@ -55,10 +58,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    image_rgb = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-    chw = torch.from_numpy(image_rgb).permute(2, 0, 1).contiguous()
-    tv_input = [chw.float() / 255]
-    st_input = [{"image": chw, "height": HEIGHT, "width": WIDTH}]
+    tv_input, st_input = random_image_inputs(HEIGHT, WIDTH)
     torchvision_model, segtron_model = build_retinanet_pair(frozen_bn=True)
     torchvision_model.eval()
     segtron_model.eval()

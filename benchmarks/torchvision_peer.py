@@ -35,6 +35,7 @@ __all__ = [
     "build_torchvision_retinanet",
     "build_segtron_retinanet",
     "segtron_candidates",
+    "random_image_inputs",
     "torchvision_to_segtron_state_dict",
     "torchvision_retinanet_to_segtron_state_dict",
     "ratio_major_to_size_major",
@@ -319,6 +320,16 @@ def build_retinanet_pair(frozen_bn: bool = True, score_thresh: float = 0.0, min_
     state = torchvision_retinanet_to_segtron_state_dict(tv_model.state_dict(), len(sizes[0]),
                                                         len(ratios[0]))
     return _load_pair(tv_model, st_model, state, min_size, max_size)
+
+
+def random_image_inputs(height: int, width: int, seed: int = 0):
+    """One random RGB image as each library takes it: (torchvision's ``[float (3, H, W) in
+    [0, 1]]``, segtron's ``[{"image": uint8 (3, H, W), "height": H, "width": W}]``)."""
+    import numpy as np
+
+    image_rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    chw = torch.from_numpy(image_rgb).permute(2, 0, 1).contiguous()
+    return [chw.float() / 255], [{"image": chw, "height": height, "width": width}]
 
 
 # -- timing ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from ..feature_names import check_in_features
 from ..postprocessing import detector_postprocess
 from .model_inputs import (
     device_property,
+    input_config,
     normalize_and_batch,
     output_size,
     register_pixel_stats,
@@ -168,12 +169,9 @@ class DenseDetector(nn.Module):
         MODEL.WINOGRAD_CONV and TEST.DETECTIONS_PER_IMAGE (``max_detections_per_image``)."""
         return {
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
-            "channels_last": cfg.MODEL.CHANNELS_LAST,
-            "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
+            **input_config(cfg),
         }
 
     winograd_conv = winograd_conv_property

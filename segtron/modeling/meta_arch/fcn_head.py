@@ -147,7 +147,11 @@ class FCNHead(nn.Module):
         logits = self.layers(features)
         if self.training:
             if targets is None:
-                raise ValueError("FCNHead needs targets (the 'sem_seg' labels) in training.")
+                raise ValueError(
+                    "FCNHead needs targets (the 'sem_seg' labels, (N, H, W) int64) in "
+                    "training; pass them, or call .eval() on the head (or its model) for "
+                    "inference."
+                )
             return None, self.losses(logits, targets)
         return self._upsample(logits), {}
 

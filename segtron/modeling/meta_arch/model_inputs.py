@@ -6,6 +6,7 @@ Shared by the R-CNNs (``rcnn.py``) and the dense detectors (``dense_detector.py`
   state dict: they come from the config, as in Detectron2);
 - :func:`normalize_and_batch`: ``(x - mean) / std`` per image, then one zero-padded batch;
 - :func:`output_size`: the "height" x "width" an input asks its results to be scaled to;
+- :func:`input_config`: the constructor arguments every meta-architecture reads the same way;
 - :func:`set_winograd_conv`: the MODEL.WINOGRAD_CONV switch of a whole model, and
   :data:`winograd_conv_property` / :data:`device_property`, the attributes the models expose.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "register_pixel_stats",
     "normalize_and_batch",
     "output_size",
+    "input_config",
     "set_winograd_conv",
     "winograd_conv_property",
     "device_property",
@@ -78,6 +80,18 @@ def output_size(item: Dict, image_size: Tuple[int, int]) -> Tuple[int, int]:
     """(height, width) for one input's results: its "height" / "width" when given, else the
     network input size ``image_size``."""
     return item.get("height", image_size[0]), item.get("width", image_size[1])
+
+
+def input_config(cfg) -> Dict:
+    """The constructor arguments every meta-architecture reads the same way from ``cfg``:
+    ``pixel_mean`` / ``pixel_std`` (MODEL.PIXEL_MEAN / PIXEL_STD), ``channels_last``
+    (MODEL.CHANNELS_LAST) and ``winograd_conv`` (MODEL.WINOGRAD_CONV)."""
+    return {
+        "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+        "pixel_std": cfg.MODEL.PIXEL_STD,
+        "channels_last": cfg.MODEL.CHANNELS_LAST,
+        "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
+    }
 
 
 def set_winograd_conv(model: nn.Module, enabled: bool) -> None:

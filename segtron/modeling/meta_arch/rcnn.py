@@ -29,6 +29,7 @@ from ..registries import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
 from .model_inputs import (
     device_property,
+    input_config,
     normalize_and_batch,
     output_size,
     register_pixel_stats,
@@ -106,10 +107,7 @@ class GeneralizedRCNN(nn.Module):
             "roi_heads": build_roi_heads(cfg, output_shape),
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "channels_last": cfg.MODEL.CHANNELS_LAST,
-            "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
+            **input_config(cfg),
         }
 
     winograd_conv = winograd_conv_property
@@ -280,10 +278,7 @@ class ProposalNetwork(nn.Module):
         return {
             "backbone": backbone,
             "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "channels_last": cfg.MODEL.CHANNELS_LAST,
-            "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
+            **input_config(cfg),
         }
 
     winograd_conv = winograd_conv_property

@@ -29,6 +29,7 @@ from ..postprocessing import sem_seg_postprocess
 from ..registries import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from .model_inputs import (
     device_property,
+    input_config,
     normalize_and_batch,
     output_size,
     register_pixel_stats,
@@ -140,10 +141,7 @@ class SemanticSegmentor(nn.Module):
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "channels_last": cfg.MODEL.CHANNELS_LAST,
-            "winograd_conv": cfg.MODEL.WINOGRAD_CONV,
+            **input_config(cfg),
         }
 
     winograd_conv = winograd_conv_property
@@ -303,7 +301,11 @@ class SemSegFPNHead(nn.Module):
         logits = self.layers(features)
         if self.training:
             if targets is None:
-                raise ValueError("SemSegFPNHead needs targets (the 'sem_seg' labels) in training.")
+                raise ValueError(
+                    "SemSegFPNHead needs targets (the 'sem_seg' labels, (N, H, W) int64) in "
+                    "training; pass them, or call .eval() on the head (or its model) for "
+                    "inference."
+                )
             return None, self.losses(logits, targets)
         logits = F.interpolate(
             logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
