@@ -30,7 +30,12 @@ import torch  # noqa: E402
 
 from segtron.checkpoint import DetectionCheckpointer  # noqa: E402
 from segtron.config import CfgNode, get_cfg  # noqa: E402
-from segtron.data import MetadataCatalog  # noqa: E402
+from segtron.data import (  # noqa: E402
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_train_loader,
+)
+from segtron.data.detection_utils import build_sem_seg_train_augmentation  # noqa: E402
 from segtron.engine.defaults import (  # noqa: E402
     DefaultTrainer,
     default_argument_parser,
@@ -119,8 +124,26 @@ def evaluator_classes(dataset_name: str) -> List[type]:
     )
 
 
+def train_mapper(cfg: CfgNode) -> DatasetMapper:
+    """The mapper of the training loader: ``DatasetMapper(cfg, is_train=True)``; for
+    MODEL.META_ARCHITECTURE "SemanticSegmentor", with ``build_sem_seg_train_augmentation``'s
+    augmentations (resize, then crop per INPUT.CROP, then flip, as Detectron2's DeepLab training
+    script does), so a crop has a fixed network size."""
+    if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+        return DatasetMapper(
+            cfg, is_train=True, augmentations=build_sem_seg_train_augmentation(cfg)
+        )
+    return DatasetMapper(cfg, is_train=True)
+
+
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with evaluators chosen by each test dataset's ``evaluator_type``."""
+    """``DefaultTrainer`` with evaluators chosen by each test dataset's ``evaluator_type``, and
+    the training mapper of :func:`train_mapper`."""
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """The default training loader with :func:`train_mapper`'s mapper."""
+        return build_detection_train_loader(cfg, mapper=train_mapper(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,

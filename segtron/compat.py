@@ -24,8 +24,10 @@ _ALIAS = "detectron2"
 _TARGET = "segtron"
 
 
-class _AliasLoader(importlib.abc.Loader):
-    """Returns an already-imported segtron module for a detectron2 name."""
+class ExistingModuleLoader(importlib.abc.Loader):
+    """A loader that hands out an already-imported module under another name (an alias),
+    leaving the module's own ``__spec__`` in place. Used for ``detectron2.X`` -> ``segtron.X``
+    here and for ``segtron.projects.<name>`` -> ``projects.<Dir>``."""
 
     def __init__(self, module):
         self._module = module
@@ -59,7 +61,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
             ) from None
         is_package = hasattr(module, "__path__")
         return importlib.machinery.ModuleSpec(
-            fullname, _AliasLoader(module), is_package=is_package
+            fullname, ExistingModuleLoader(module), is_package=is_package
         )
 
 

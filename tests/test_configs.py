@@ -173,7 +173,14 @@ def test_detectron2_tuple_strings_in_yaml(tmp_path):
     assert cfg.MODEL.WEIGHTS == "(not a tuple)"  # string keys keep strings
 
 
-SHAPES_YAML = [rel for rel in ALL_YAML if rel.startswith("Shapes/")]
+SHAPES_YAML = [f"configs/{rel}" for rel in ALL_YAML if rel.startswith("Shapes/")] + [
+    path for path in PROJECT_YAML if "/configs/Shapes/" in path
+]
+
+
+def _load_shipped(path: str):
+    """The config of ``path`` (relative to the repository) as train_net.py builds it."""
+    return train_net.build_config(argparse.Namespace(config_file=str(REPO / path), opts=[]))
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +214,8 @@ def shapes_dicts(tmp_path_factory):
 
 def test_shapes_configs_write_to_their_own_output_dirs():
     """The demo and its ablation variants can be trained one after the other and compared."""
-    output_dirs = [_load(rel).OUTPUT_DIR for rel in SHAPES_YAML]
-    assert len(SHAPES_YAML) >= 4
+    output_dirs = [_load_shipped(path).OUTPUT_DIR for path in SHAPES_YAML]
+    assert len(SHAPES_YAML) >= 13
     assert len(set(output_dirs)) == len(output_dirs), dict(zip(SHAPES_YAML, output_dirs))
 
 
@@ -223,16 +230,18 @@ LOSS_KEYS = {
 }
 
 
-@pytest.mark.parametrize("rel", SHAPES_YAML)
-def test_shapes_config_trains_and_predicts(rel, shapes_dicts):
-    """Each shapes config builds its model, takes a training step's forward/backward on mapped
-    images of the kind it trains on (augmentations of the config included) and predicts in
-    eval mode: instances (masks too when MODEL.MASK_ON), semantic logits, panoptic ids."""
-    cfg = _load(rel)
+@pytest.mark.parametrize("path", SHAPES_YAML)
+def test_shapes_config_trains_and_predicts(path, shapes_dicts):
+    """Each shapes config builds its model, takes a training step's forward/backward on images
+    of the kind it trains on, mapped by train_net.py's training loader's mapper (augmentations
+    of the config included), and predicts in eval mode: instances (masks too when
+    MODEL.MASK_ON), semantic logits, panoptic ids."""
+    cfg = _load_shipped(path)
     dicts = shapes_dicts[cfg.DATASETS.TRAIN[0]]
     torch.manual_seed(0)
     model = build_model(cfg)
-    batch = [DatasetMapper(cfg, is_train=True)(dict(d)) for d in dicts]
+    mapper = train_net.train_mapper(cfg)
+    batch = [mapper(dict(d)) for d in dicts]
     assert min(batch[0]["image"].shape[-2:]) in cfg.INPUT.MIN_SIZE_TRAIN
     with EventStorage():
         losses = model(batch)

@@ -36,5 +36,6 @@ from .wrappers import (
     shapes_to_tensor,
 )
 from .blocks import CNNBlockBase, DepthwiseSeparableConv2d
+from .aspp import ASPP
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

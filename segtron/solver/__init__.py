@@ -7,6 +7,7 @@ fvcore ``ParamScheduler``.
 """
 
 from .build import (
+    LR_SCHEDULER_REGISTRY,
     GradientClipType,
     build_lr_scheduler,
     build_optimizer,
@@ -23,6 +24,7 @@ from .lr_scheduler import (
 )
 
 __all__ = [
+    "LR_SCHEDULER_REGISTRY",
     "build_lr_scheduler",
     "build_optimizer",
     "get_default_optimizer_params",

@@ -24,10 +24,12 @@ from fvcore.common.param_scheduler import (
 )
 
 from segtron.layers.batch_norm import FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm
+from segtron.utils.registry import Registry
 
 from .lr_scheduler import LRMultiplier, LRScheduler, WarmupParamScheduler
 
 __all__ = [
+    "LR_SCHEDULER_REGISTRY",
     "GradientClipType",
     "build_optimizer",
     "build_lr_scheduler",
@@ -43,6 +45,14 @@ _GradientClipper = Callable[[_GradientClipperInput], None]
 
 _OPTIMIZERS = ("SGD", "AdamW")
 _LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
+
+LR_SCHEDULER_REGISTRY = Registry("LR_SCHEDULER")
+LR_SCHEDULER_REGISTRY.__doc__ = """
+LR schedulers that SOLVER.LR_SCHEDULER_NAME may name besides the built-in ones (segtron; a
+project registers its own, e.g. DeepLab's "WarmupPolyLR"). An entry is called as
+``obj(cfg, optimizer)`` and returns an LR scheduler of ``optimizer`` that the trainer steps once
+per iteration (a ``@configurable`` scheduler class with ``from_config(cls, cfg, optimizer)``).
+"""
 
 # Modules whose parameters get ``weight_decay_norm``. NaiveSyncBatchNorm subclasses BatchNorm2d;
 # FrozenBatchNorm2d has buffers only. segtron's channels-first LayerNorm is included here (in
@@ -419,14 +429,20 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRScheduler:
     ``GAMMA`` at equal intervals. The shape is preceded by a ``WARMUP_METHOD`` warmup of
     ``WARMUP_ITERS`` iterations starting at ``WARMUP_FACTOR`` (``RESCALE_INTERVAL``: see
     :class:`WarmupParamScheduler`). Returns an :class:`LRMultiplier` over ``MAX_ITER``
-    iterations; call its ``step()`` after every iteration. Raises ValueError for an unknown
-    name or inconsistent keys.
+    iterations; call its ``step()`` after every iteration. Any other name is looked up in
+    :data:`LR_SCHEDULER_REGISTRY` and built by the registered entry. Raises ValueError for an
+    unknown name or inconsistent keys.
     """
     solver = cfg.SOLVER
     name = solver.LR_SCHEDULER_NAME
+    if name not in _SCHEDULE_BUILDERS and name in LR_SCHEDULER_REGISTRY:
+        return LR_SCHEDULER_REGISTRY.get(name)(cfg, optimizer)
     if name not in _SCHEDULE_BUILDERS:
+        registered = sorted(n for n, _ in LR_SCHEDULER_REGISTRY)
         raise ValueError(
-            f"Unknown SOLVER.LR_SCHEDULER_NAME {name!r}; valid values are {list(_LR_SCHEDULERS)}."
+            f"Unknown SOLVER.LR_SCHEDULER_NAME {name!r}; valid values are {list(_LR_SCHEDULERS)}"
+            f" and the registered {registered} (a project's scheduler is registered when its "
+            "package is imported; train_net.py imports every package under projects/)."
         )
     if int(solver.MAX_ITER) != solver.MAX_ITER or solver.MAX_ITER <= 0:
         raise ValueError(f"SOLVER.MAX_ITER must be a positive integer, got {solver.MAX_ITER!r}.")

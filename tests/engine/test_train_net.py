@@ -321,3 +321,50 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(shapes_env, tmp_pa
     assert [m["iteration"] for m in before][:10] == list(range(10))
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert state["iteration"] == 15
+
+
+# -- the training mapper -------------------------------------------------------------------------
+
+
+def test_semantic_training_resizes_then_crops_to_a_fixed_network_size(monkeypatch):
+    """A SemanticSegmentor's training image is resized (shortest edge 50: 100x200 -> 50x100),
+    then cropped to INPUT.CROP.SIZE in those pixels, then flipped; the label map follows."""
+    import numpy as np
+
+    from segtron.data import detection_utils
+    from segtron.data import transforms as T
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (50,), 1000
+    cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", [32, 48]
+    mapper = train_net.train_mapper(cfg)
+    kinds = [type(a) for a in mapper.augmentations.augs]
+    assert kinds == [T.ResizeShortestEdge, T.RandomCrop_CategoryAreaConstraint, T.RandomFlip]
+    files = {
+        "image.png": np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8),
+        "labels.png": np.ones((100, 200, 1), dtype=np.uint8),
+    }
+    monkeypatch.setattr(detection_utils, "read_image", lambda name, format=None: files[name])
+    out = mapper({"file_name": "image.png", "sem_seg_file_name": "labels.png",
+                  "height": 100, "width": 200})
+    assert tuple(out["image"].shape) == (3, 32, 48)
+    assert tuple(out["sem_seg"].shape) == (32, 48) and bool((out["sem_seg"] == 1).all())
+    # Any other meta-architecture keeps Detectron2's order: crop first, then resize.
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    kinds = [type(a) for a in train_net.train_mapper(cfg).augmentations.augs]
+    assert kinds[:2] == [T.RandomCrop, T.ResizeShortestEdge]
+
+
+def test_semantic_crop_reads_the_single_category_limit():
+    from segtron.data.detection_utils import build_sem_seg_train_augmentation
+
+    cfg = get_cfg()
+    cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", [8, 8]
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+    crop = build_sem_seg_train_augmentation(cfg)[1]
+    assert crop.single_category_max_area == 1.0 and crop.ignored_category == 255
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75   # the DeepLab project's key
+    assert build_sem_seg_train_augmentation(cfg)[1].single_category_max_area == 0.75
+    cfg.INPUT.CROP.ENABLED = False
+    assert len(build_sem_seg_train_augmentation(cfg)) == 2  # resize and flip

@@ -10,7 +10,8 @@ EXPECTED = [
     "move_device_like", "FrozenBatchNorm2d", "get_norm", "NaiveSyncBatchNorm",
     "CycleBatchNormList", "LayerNorm", "ROIAlign", "roi_align", "nms", "batched_nms",
     "DeformConv", "ModulatedDeformConv", "paste_masks_in_image", "ciou_loss", "diou_loss",
-    "giou_loss", "smooth_l1_loss", "sigmoid_focal_loss",
+    "giou_loss", "smooth_l1_loss", "sigmoid_focal_loss", "ASPP", "DepthwiseSeparableConv2d",
+    "CNNBlockBase",
 ]
 
 
@@ -28,6 +29,7 @@ def test_submodules_importable_by_detectron2_paths():
         ("segtron.layers.shape_spec", "ShapeSpec"),
         ("segtron.layers.roi_align", "ROIAlign"),
         ("segtron.layers.nms", "batched_nms"),
+        ("segtron.layers.aspp", "ASPP"),
         ("segtron.layers.deform_conv", "ModulatedDeformConv"),
         ("segtron.layers.mask_ops", "paste_masks_in_image"),
         ("segtron.layers.losses", "ciou_loss"),

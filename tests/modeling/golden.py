@@ -1,6 +1,7 @@
 """Loading a golden fixture of ``../shared/compat/golden/<name>/`` (see its README): the
 config, the fp16-stored weights, and the test image resized as Detectron2 resizes it."""
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,10 +47,14 @@ def load_golden_weights(path):
     return out
 
 
-def golden_model(root: Path, mode: str):
+def golden_model(root: Path, mode: str, add_config=None):
     """(cfg, eval-mode model with the fixture's weights, strictly loaded). ``mode``: "exact"
-    (Detectron2's operations), "channels_last" or "winograd" (segtron's faster CPU modes)."""
+    (Detectron2's operations), "channels_last" or "winograd" (segtron's faster CPU modes).
+    ``add_config(cfg)``, when given, adds a project's keys before the fixture's config is
+    merged."""
     cfg = get_cfg()
+    if add_config is not None:
+        add_config(cfg)
     cfg.merge_from_file(str(root / "config.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.CHANNELS_LAST = mode in ("channels_last", "winograd")
@@ -61,10 +66,13 @@ def golden_model(root: Path, mode: str):
     return cfg, model
 
 
-def golden_inputs(root: Path, cfg):
+def golden_inputs(root: Path, cfg, image_format=None):
     """The fixture image as batched inputs: resized with ResizeShortestEdge(INPUT.MIN_SIZE_TEST,
-    MAX_SIZE_TEST), "height"/"width" the original size."""
-    image = detection_utils.read_image(str(root / "image.png"), format=cfg.INPUT.FORMAT)
+    MAX_SIZE_TEST), "height"/"width" the original size. The channel order is ``image_format``
+    (default INPUT.FORMAT); "BGR" feeds the stored array as it is, whatever the config says."""
+    image = detection_utils.read_image(
+        str(root / "image.png"), format=image_format or cfg.INPUT.FORMAT
+    )
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     resized = resize.get_transform(image).apply_image(image)
     return [{
@@ -72,6 +80,27 @@ def golden_inputs(root: Path, cfg):
         "height": image.shape[0],
         "width": image.shape[1],
     }]
+
+
+def golden_forward(root: Path, mode: str, add_config=None, image_format=None) -> dict:
+    """Run the fixture's model on its image (call inside ``golden_mode(mode)``): {"mode",
+    "root", "cfg", "model", "summary" (summary.json), "expected" (expected.npz as a dict),
+    "images" (the preprocessed ImageList), "features" (backbone outputs), "outputs" (the
+    model's list of result dicts)}. ``add_config``, ``image_format``: see :func:`golden_model`
+    and :func:`golden_inputs`."""
+    cfg, model = golden_model(root, mode, add_config)
+    batched = golden_inputs(root, cfg, image_format)
+    with torch.no_grad():
+        images = model.preprocess_image(batched)
+        features = model.backbone(images.tensor)
+        outputs = model(batched)
+    with np.load(root / "expected.npz") as expected:
+        expected = dict(expected)
+    return {
+        "mode": mode, "root": root, "cfg": cfg, "model": model,
+        "summary": json.loads((root / "summary.json").read_text()), "expected": expected,
+        "images": images, "features": features, "outputs": outputs,
+    }
 
 
 def assert_input_sizes(images, summary) -> None:

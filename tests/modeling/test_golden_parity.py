@@ -8,7 +8,6 @@ Every check runs for Detectron2's exact operations and for segtron's faster CPU 
 (MODEL.CHANNELS_LAST, MODEL.WINOGRAD_CONV).
 """
 
-import json
 
 import numpy as np
 import pytest
@@ -18,9 +17,8 @@ from tests.modeling.golden import (
     MODES,
     assert_feature_matches,
     assert_input_sizes,
-    golden_inputs,
+    golden_forward,
     golden_mode,
-    golden_model,
 )
 
 FIXTURE = "golden/mask_rcnn_R50_FPN_thin"
@@ -33,23 +31,12 @@ def golden(compat_dir, request):
 
 
 def _run_golden(compat_dir, mode):
-    root = compat_dir / FIXTURE
-    cfg, model = golden_model(root, mode)
-    batched = golden_inputs(root, cfg)
+    run = golden_forward(compat_dir / FIXTURE, mode)
     with torch.no_grad():
-        images = model.preprocess_image(batched)
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, None)
-        outputs = model(batched)
-    return {
-        "mode": mode,
-        "root": root,
-        "summary": json.loads((root / "summary.json").read_text()),
-        "images": images,
-        "features": features,
-        "proposals": proposals[0],
-        "instances": outputs[0]["instances"],
-    }
+        proposals, _ = run["model"].proposal_generator(run["images"], run["features"], None)
+    run["proposals"] = proposals[0]
+    run["instances"] = run["outputs"][0]["instances"]
+    return run
 
 
 def test_input_sizes(golden):

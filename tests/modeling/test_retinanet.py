@@ -24,9 +24,8 @@ from tests.modeling.golden import (
     MODES,
     assert_feature_matches,
     assert_input_sizes,
-    golden_inputs,
+    golden_forward,
     golden_mode,
-    golden_model,
 )
 
 FIXTURE = "golden/retinanet_R50_FPN_thin"
@@ -38,23 +37,9 @@ FIXTURE = "golden/retinanet_R50_FPN_thin"
 @pytest.fixture(scope="module", params=MODES)
 def golden(compat_dir, request):
     with golden_mode(request.param):
-        root = compat_dir / FIXTURE
-        cfg, model = golden_model(root, request.param)
-        batched = golden_inputs(root, cfg)
-        with torch.no_grad():
-            images = model.preprocess_image(batched)
-            features = model.backbone(images.tensor)
-            outputs = model(batched)
-    with np.load(root / "expected.npz") as expected:
-        expected = dict(expected)
-    yield {
-        "mode": request.param,
-        "summary": json.loads((root / "summary.json").read_text()),
-        "expected": expected,
-        "images": images,
-        "features": features,
-        "instances": outputs[0]["instances"],
-    }
+        run = golden_forward(compat_dir / FIXTURE, request.param)
+    run["instances"] = run["outputs"][0]["instances"]
+    yield run
 
 
 def test_golden_input_sizes(golden):

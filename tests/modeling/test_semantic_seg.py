@@ -1,7 +1,6 @@
 """SemanticSegmentor and SemSegFPNHead: Detectron2 parity on the golden fixture, the head's
 layout, the loss on a hand-made case, label checks and build-time errors."""
 
-import json
 import math
 
 import numpy as np
@@ -19,9 +18,8 @@ from tests.modeling.golden import (
     MODES,
     assert_feature_matches,
     assert_input_sizes,
-    golden_inputs,
+    golden_forward,
     golden_mode,
-    golden_model,
 )
 
 FIXTURE = "golden/semantic_R50_FPN_thin"
@@ -30,22 +28,10 @@ FIXTURE = "golden/semantic_R50_FPN_thin"
 @pytest.fixture(scope="module", params=MODES)
 def golden(compat_dir, request):
     with golden_mode(request.param):
-        root = compat_dir / FIXTURE
-        cfg, model = golden_model(root, request.param)
-        batched = golden_inputs(root, cfg)
-        with torch.no_grad():
-            images = model.preprocess_image(batched)
-            features = model.backbone(images.tensor)
-            outputs = model(batched)
-    with np.load(root / "expected.npz") as expected:
-        sem_seg = expected["sem_seg"]
-    yield {
-        "summary": json.loads((root / "summary.json").read_text()),
-        "expected": sem_seg,
-        "images": images,
-        "features": features,
-        "sem_seg": outputs[0]["sem_seg"].numpy(),
-    }
+        run = golden_forward(compat_dir / FIXTURE, request.param)
+    run["sem_seg"] = run["outputs"][0]["sem_seg"].numpy()
+    run["expected"] = run["expected"]["sem_seg"]
+    yield run
 
 
 def test_golden_input_sizes(golden):

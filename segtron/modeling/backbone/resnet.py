@@ -28,6 +28,7 @@ __all__ = [
     "ResNet",
     "make_stage",
     "build_resnet_backbone",
+    "resnet_stages_from_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -332,6 +333,34 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         a :class:`ResNet` whose outputs are ``MODEL.RESNETS.OUT_FEATURES``.
     """
     r = cfg.MODEL.RESNETS
+    stem = BasicStem(
+        in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM
+    )
+    stages = resnet_stages_from_config(cfg, _stage_dilations(r))
+    return ResNet(
+        stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
+    )
+
+
+def resnet_stages_from_config(
+    cfg, dilations: Dict[str, int], res5_dilation_per_block: Optional[Sequence[int]] = None
+) -> List[List[CNNBlockBase]]:
+    """The four stages (res2..res5, lists of blocks) that :func:`build_resnet_backbone` puts
+    after its stem, from ``cfg.MODEL.RESNETS`` (see there for the keys and checks); for
+    backbones that change the stem or the dilations (e.g. the DeepLab project's).
+
+    Args:
+        cfg: a config.
+        dilations: {"res4": d4, "res5": d5}; a stage with d > 1 keeps stride 1.
+        res5_dilation_per_block: one dilation per res5 block, replacing ``d5`` block by block
+            (DeepLab's multi-grid); must have as many entries as res5 has blocks.
+
+    Raises:
+        ValueError: for an unsupported DEPTH, DEFORM_ON_PER_STAGE of the wrong length, a
+            basic-block depth with bottleneck-only settings, or a ``res5_dilation_per_block``
+            of the wrong length.
+    """
+    r = cfg.MODEL.RESNETS
     depth = r.DEPTH
     if depth not in _BLOCKS_PER_STAGE:
         raise ValueError(
@@ -343,7 +372,6 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     bottleneck_channels = num_groups * r.WIDTH_PER_GROUP
     in_channels = r.STEM_OUT_CHANNELS
     out_channels = r.RES2_OUT_CHANNELS
-    dilations = _stage_dilations(r)
     deform_on = list(r.DEFORM_ON_PER_STAGE)
     if len(deform_on) != 4:
         raise ValueError(
@@ -373,7 +401,13 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
                 f"ResNet-{depth} uses basic blocks: " + "; ".join(problems) + "."
             )
 
-    stem = BasicStem(in_channels=input_shape.channels, out_channels=in_channels, norm=norm)
+    res5_blocks = _BLOCKS_PER_STAGE[depth][3]
+    if res5_dilation_per_block is not None and len(res5_dilation_per_block) != res5_blocks:
+        raise ValueError(
+            f"ResNet-{depth}'s res5 has {res5_blocks} blocks but {len(res5_dilation_per_block)} "
+            f"per-block dilations were given ({list(res5_dilation_per_block)}): give one per "
+            "block (MODEL.RESNETS.RES5_MULTI_GRID in the DeepLab project)."
+        )
     stages = []
     for index, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
         dilation = dilations.get(f"res{index + 2}", 1)
@@ -385,6 +419,9 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
             "norm": norm,
             "dilation": dilation,
         }
+        if index == 3 and res5_dilation_per_block is not None:
+            del stage_kwargs["dilation"]
+            stage_kwargs["dilation_per_block"] = list(res5_dilation_per_block)
         if depth in (18, 34):
             block_class = BasicBlock
         else:
@@ -404,6 +441,4 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         in_channels = out_channels
         out_channels *= 2
         bottleneck_channels *= 2
-    return ResNet(
-        stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
-    )
+    return stages

@@ -19,6 +19,7 @@ from ...config import configurable
 from ...layers import Conv2d, ShapeSpec, get_norm
 from ..feature_names import check_in_features
 from ..registries import SEM_SEG_HEADS_REGISTRY
+from .semantic_seg import require_training_targets
 
 __all__ = ["FCNHead"]
 
@@ -146,13 +147,7 @@ class FCNHead(nn.Module):
         """
         logits = self.layers(features)
         if self.training:
-            if targets is None:
-                raise ValueError(
-                    "FCNHead needs targets (the 'sem_seg' labels, (N, H, W) int64) in "
-                    "training; pass them, or call .eval() on the head (or its model) for "
-                    "inference."
-                )
-            return None, self.losses(logits, targets)
+            return None, self.losses(logits, require_training_targets(self, targets))
         return self._upsample(logits), {}
 
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:

@@ -36,7 +36,10 @@ from .model_inputs import (
     winograd_conv_property,
 )
 
-__all__ = ["SemanticSegmentor", "SEM_SEG_HEADS_REGISTRY", "SemSegFPNHead", "build_sem_seg_head"]
+__all__ = [
+    "SemanticSegmentor", "SEM_SEG_HEADS_REGISTRY", "SemSegFPNHead", "build_sem_seg_head",
+    "require_training_targets",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,17 @@ def batch_sem_seg_targets(
         head.ignore_value,
         backbone.padding_constraints,
     ).tensor.long()
+
+
+def require_training_targets(head: nn.Module, targets: Optional[torch.Tensor]) -> torch.Tensor:
+    """Return ``targets``; raise ValueError naming ``head``'s class when they are None (a
+    semantic head in training mode needs the (N, H, W) int64 "sem_seg" labels)."""
+    if targets is None:
+        raise ValueError(
+            f"{type(head).__name__} needs targets (the 'sem_seg' labels, (N, H, W) int64) in "
+            "training; pass them, or call .eval() on the head (or its model) for inference."
+        )
+    return targets
 
 
 @META_ARCH_REGISTRY.register()
@@ -300,13 +314,7 @@ class SemSegFPNHead(nn.Module):
         """
         logits = self.layers(features)
         if self.training:
-            if targets is None:
-                raise ValueError(
-                    "SemSegFPNHead needs targets (the 'sem_seg' labels, (N, H, W) int64) in "
-                    "training; pass them, or call .eval() on the head (or its model) for "
-                    "inference."
-                )
-            return None, self.losses(logits, targets)
+            return None, self.losses(logits, require_training_targets(self, targets))
         logits = F.interpolate(
             logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
         )
