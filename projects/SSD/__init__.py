@@ -1,0 +1,50 @@
+"""SSD (Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016) as a segtron project:
+SSD300 / SSD512 with the VGG-16 backbone, equivalent to torchvision's ``ssd300_vgg16``.
+
+Importing it registers the "SSD" meta-architecture (META_ARCH_REGISTRY) and
+``build_ssd_vgg_backbone`` (BACKBONE_REGISTRY); ``add_ssd_config(cfg)`` (also ``add_config``,
+which ``train_net.py`` calls) adds the MODEL.SSD keys. ``load_torchvision_ssd300_vgg16`` loads
+torchvision's weights; ``SSDPhotometricDistortion``, ``SSDExpand`` and ``SSDMinIoURandomCrop``
+are the paper's training augmentations. Importable as ``projects.SSD``, ``segtron.projects.ssd`` and
+``detectron2.projects.ssd``. Configs: ``projects/SSD/configs``; see README.md here.
+"""
+
+from .augmentations import SSDExpand, SSDMinIoURandomCrop, SSDPhotometricDistortion
+from .config import add_ssd_config
+from .head import SSDHead
+from .l2_norm import L2Norm
+from .loss import hard_negative_mask, ssd_losses
+from .matching import match_priors
+from .prior_boxes import PriorBoxGenerator, grid_prior_boxes, prior_scales, prior_shapes
+from .ssd import SSD
+from .torchvision_weights import (
+    load_torchvision_ssd300_vgg16,
+    load_torchvision_vgg16_features,
+    torchvision_ssd_key_map,
+)
+from .vgg import SSDVGGBackbone, build_ssd_vgg_backbone
+
+add_config = add_ssd_config
+
+__all__ = [
+    "add_config",
+    "add_ssd_config",
+    "build_ssd_vgg_backbone",
+    "grid_prior_boxes",
+    "hard_negative_mask",
+    "L2Norm",
+    "load_torchvision_ssd300_vgg16",
+    "load_torchvision_vgg16_features",
+    "match_priors",
+    "prior_scales",
+    "prior_shapes",
+    "PriorBoxGenerator",
+    "SSD",
+    "ssd_losses",
+    "SSDExpand",
+    "SSDHead",
+    "SSDMinIoURandomCrop",
+    "SSDPhotometricDistortion",
+    "SSDVGGBackbone",
+    "torchvision_ssd_key_map",
+]
