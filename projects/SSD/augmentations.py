@@ -32,13 +32,10 @@ channel order and the mean in that order)::
 
 **Boxes and the dataset mapper.** :class:`SSDMinIoURandomCrop` must see the ground-truth boxes,
 so it declares ``get_transform(self, image, boxes)`` and reads ``aug_input.boxes``. segtron's
-stock ``DatasetMapper`` (like Detectron2's) builds ``AugInput(image, sem_seg=sem_seg)`` with no
-boxes, so inside it the crop cannot work and raises a ``ValueError`` saying so (rather than
-silently never cropping). The mapper used with it must build
-``AugInput(image, boxes=..., sem_seg=...)`` with the ``XYXY_ABS`` boxes of the annotations it
-keeps (the non-crowd ones); everything after that is the stock mapper's code path
-(``transform_instance_annotations``, ``annotations_to_instances``, ``filter_empty_instances``).
-The other two augmentations need nothing beyond the image and work in the stock mapper.
+``DatasetMapper`` fills ``AugInput.boxes`` with the non-crowd annotations' ``XYXY_ABS`` boxes
+(Detectron2's passes none); a custom mapper must do the same, or the crop raises a
+``ValueError`` saying so (rather than silently never cropping). The other two augmentations
+need nothing beyond the image.
 
 **Dropping the boxes whose centre leaves the crop.** A ``Transform`` maps N boxes to N boxes;
 it cannot remove one. The crop therefore returns an :class:`SSDCropTransform`, a

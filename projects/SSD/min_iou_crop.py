@@ -121,7 +121,7 @@ class SSDMinIoURandomCrop(Augmentation):
     (boxes with no area are ignored). It returns an :class:`SSDCropTransform` (which also
     empties the boxes whose centre falls outside), or a ``NoOpTransform`` for the no-crop mode,
     for an image without boxes, or after ``mode_trials`` failed modes. It raises if ``boxes``
-    is None: the stock ``DatasetMapper`` does not pass boxes (see the module docstring).
+    is None (a mapper that passes no boxes; segtron's ``DatasetMapper`` passes them).
     """
 
     _CRITERIA = ("best", "all")
@@ -193,10 +193,10 @@ class SSDMinIoURandomCrop(Augmentation):
     def get_transform(self, image: np.ndarray, boxes: Optional[np.ndarray]) -> Transform:
         if boxes is None:
             raise ValueError(
-                "SSDMinIoURandomCrop needs the ground-truth boxes (aug_input.boxes), but got None. "
-                "segtron's stock DatasetMapper builds AugInput(image, sem_seg=...) without boxes; "
-                "use a mapper that passes boxes=<the (N, 4) XYXY_ABS boxes of the non-crowd "
-                "annotations> (see projects/SSD/augmentations.py)."
+                "SSDMinIoURandomCrop needs the ground-truth boxes (aug_input.boxes), but got None: "
+                "the dataset dict has no 'annotations', or a custom mapper built AugInput "
+                "without boxes. segtron's DatasetMapper passes boxes=<the (N, 4) XYXY_ABS boxes "
+                "of the non-crowd annotations>; do the same (see projects/SSD/augmentations.py)."
             )
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from segtron.config import configurable
+from segtron.structures import BoxMode
 
 from . import detection_utils as utils
 from . import transforms as T
@@ -22,7 +23,9 @@ class DatasetMapper:
 
     Steps: read ``file_name`` in ``image_format`` and check its size against the dict; read
     ``sem_seg_file_name`` (if any) as a single-channel label map; apply the augmentations to
-    both; convert the image to a uint8 CHW tensor; transform precomputed proposals (if
+    both (with the non-crowd annotations' boxes, XYXY_ABS, as ``AugInput.boxes``, so
+    box-aware augmentations such as ``MinIoURandomCrop`` work; segtron addition: Detectron2's
+    mapper passes no boxes); convert the image to a uint8 CHW tensor; transform precomputed proposals (if
     ``precomputed_proposal_topk``); in training, transform the non-crowd annotations and turn
     them into ``Instances``, dropping empty ones. In test mode annotations are removed.
 
@@ -150,7 +153,7 @@ class DatasetMapper:
                     f"{image.shape[0]}; a semantic label PNG must have its image's size."
                 )
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        aug_input = T.AugInput(image, boxes=_annotation_boxes(dataset_dict), sem_seg=sem_seg)
         transforms = self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg
         image_shape = image.shape[:2]  # (h, w) after augmentation
@@ -173,3 +176,17 @@ class DatasetMapper:
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+
+def _annotation_boxes(dataset_dict: Dict[str, Any]) -> Optional[np.ndarray]:
+    """(N, 4) float32 XYXY_ABS boxes of the dict's non-crowd annotations, for the
+    augmentations that read ``AugInput.boxes``; None when it has no "annotations"."""
+    annotations = dataset_dict.get("annotations")
+    if annotations is None:
+        return None
+    boxes = [
+        BoxMode.convert(obj["bbox"], obj["bbox_mode"], BoxMode.XYXY_ABS)
+        for obj in annotations
+        if obj.get("iscrowd", 0) == 0
+    ]
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

@@ -169,3 +169,44 @@ def test_mapper_from_config(tmp_path):
     assert [type(a).__name__ for a in test_mapper.augmentations.augs] == ["ResizeShortestEdge"]
     with pytest.raises(ValueError, match="recompute_boxes"):
         DatasetMapper(True, augmentations=[], image_format="BGR", recompute_boxes=True)
+
+
+class _RecordBoxes(T.Augmentation):
+    """Records the boxes an augmentation is given (and changes nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def get_transform(self, image, boxes):
+        self.seen.append(None if boxes is None else boxes.copy())
+        return T.NoOpTransform()
+
+
+def test_mapper_gives_augmentations_the_non_crowd_boxes(tmp_path):
+    """Box-aware augmentations (Detectron2's MinIoURandomCrop, SSD's crop) get the non-crowd
+    annotations' boxes in XYXY_ABS; a dict without annotations gives None."""
+    record = _make_record(tmp_path, "boxes", 40, 50)
+    recorder = _RecordBoxes()
+    mapper = DatasetMapper(is_train=True, augmentations=[recorder], image_format="RGB")
+    mapper(copy.deepcopy(record))
+    np.testing.assert_allclose(recorder.seen[-1], [[4, 6, 20, 16], [22, 20, 34, 32]])
+    record.pop("annotations")
+    DatasetMapper(is_train=False, augmentations=[recorder], image_format="RGB")(record)
+    assert recorder.seen[-1] is None
+
+
+def test_min_iou_random_crop_runs_in_the_stock_mapper(tmp_path):
+    """Detectron2's MinIoURandomCrop, a no-op without boxes, now crops: over seeds some
+    outputs are smaller than the 40x50 image, and the kept boxes lie inside them."""
+    record = _make_record(tmp_path, "boxes", 40, 50)
+    mapper = DatasetMapper(is_train=True, augmentations=[T.MinIoURandomCrop()], image_format="RGB")
+    cropped = 0
+    for seed in range(30):
+        np.random.seed(seed)
+        out = mapper(copy.deepcopy(record))
+        height, width = out["image"].shape[-2:]
+        cropped += (height, width) != (record["height"], record["width"])
+        boxes = out["instances"].gt_boxes.tensor
+        assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    assert cropped > 0

@@ -497,7 +497,16 @@ def test_stock_dataset_mapper(tmp_path):
                                   img[:, :, ::-1])  # read as BGR
     np.testing.assert_allclose(out["instances"].gt_boxes.tensor.numpy(), [[17, 9, 37, 29]])
 
-    # the crop needs boxes, which the stock mapper does not pass: a clear error, not a no-op
+    # the crop reads the annotations' boxes, which the stock mapper passes as AugInput.boxes:
+    # over seeds it crops (the image shrinks) and the box, whose centre every accepted crop
+    # contains, is kept inside the crop
     mapper = DatasetMapper(is_train=True, augmentations=[SSDMinIoURandomCrop()], image_format="BGR")
-    with pytest.raises(ValueError, match="needs the ground-truth boxes"):
-        mapper(record)
+    shrunk = 0
+    for seed in range(20):
+        np.random.seed(seed)
+        out = mapper(record)
+        height, width = out["image"].shape[-2:]
+        shrunk += (height, width) != (40, 60)
+        (box,) = out["instances"].gt_boxes.tensor.numpy()
+        assert 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+    assert shrunk > 5
