@@ -54,6 +54,21 @@ _SSD_KEYS = (
     ("MODEL.SSD.TOPK_CANDIDATES_TEST", 400,
      "Inference: per class, at most this many highest-scoring candidates enter NMS."),
     ("MODEL.SSD.NMS_THRESH_TEST", 0.45, "Inference: IoU threshold of the per-class NMS."),
+    # build_ssd_resnet_backbone only (resnet.py); the ResNet itself is MODEL.RESNETS.
+    ("MODEL.SSD.RESNET_LAYOUT", "nvidia",
+     "'nvidia': ResNet up to res4 with res4's first stride 1 (stride 8, no dilation), then "
+     "extra1 .. extra5 (512, 512, 256, 256, 256 channels; 38, 19, 10, 5, 3, 1 at 300 px). "
+     "'multi_level': res3, res4, res5 of the plain ResNet (strides 8, 16, 32), then 3x3 "
+     "stride-2 extras (64, 128, ...). IN_FEATURES names the maps; as many extras are built as "
+     "the highest 'extraN' it names."),
+    ("MODEL.SSD.RESNET_EXTRA_NORM", "BN",
+     "Norm of the ResNet backbone's extra blocks (each a 1x1 conv to half the channels, then a "
+     "3x3 conv, each with this norm and a ReLU): any MODEL.RESNETS.NORM value but 'FrozenBN' "
+     "(the extras start untrained), or '' for none (the convs then get biases)."),
+    ("MODEL.SSD.RESNET_EXTRA_CHANNELS", [],
+     "Output channels of each extra block of the ResNet backbone, one per block built. Empty: "
+     "NVIDIA's 512, 512, 256, 256, 256 ('nvidia'), or res5's channels for every block "
+     "('multi_level')."),
 )
 
 
