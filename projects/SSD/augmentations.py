@@ -43,8 +43,8 @@ it cannot remove one. The crop therefore returns an :class:`SSDCropTransform`, a
 collapses every other box to the empty box ``(0, 0, 0, 0)``. Empty boxes stay empty under the
 later resize/flip/pad/crop (not under a rotation), and the mapper's
 ``utils.filter_empty_instances`` (which every segtron and Detectron2 mapper already calls to
-drop instances with an empty box) removes them together with their class, mask and keypoints: no extra step, and no index bookkeeping across the list
-of transforms. Code that handles box arrays itself can call :func:`filter_boxes_outside_crop`
+drop instances with an empty box) removes them together with their class, mask and
+keypoints: no extra step, and no index bookkeeping across the list of transforms. Code that handles box arrays itself can call :func:`filter_boxes_outside_crop`
 to get the kept boxes and the boolean mask to index the other per-instance fields with.
 Caveat: a mapper that replaces the boxes by the masks' tight boxes (``recompute_boxes=True``)
 would lose the mark; SSD is a box-only detector and does not do that.

@@ -25,8 +25,8 @@ class DatasetMapper:
     ``sem_seg_file_name`` (if any) as a single-channel label map; apply the augmentations to
     both (with the non-crowd annotations' boxes, XYXY_ABS, as ``AugInput.boxes``, so
     box-aware augmentations such as ``MinIoURandomCrop`` work; segtron addition: Detectron2's
-    mapper passes no boxes); convert the image to a uint8 CHW tensor; transform precomputed proposals (if
-    ``precomputed_proposal_topk``); in training, transform the non-crowd annotations and turn
+    mapper passes no boxes); convert the image to a uint8 CHW tensor; transform precomputed
+    proposals (if ``precomputed_proposal_topk``); in training, transform the non-crowd annotations and turn
     them into ``Instances``, dropping empty ones. In test mode annotations are removed.
 
     Output dict: the input's fields (``file_name``, ``image_id``, ``height``, ``width`` are the
