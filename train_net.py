@@ -35,7 +35,7 @@ from segtron.data import (  # noqa: E402
     MetadataCatalog,
     build_detection_train_loader,
 )
-from segtron.data.detection_utils import build_sem_seg_train_augmentation  # noqa: E402
+from segtron.data.sem_seg_augmentation import build_sem_seg_train_augmentation  # noqa: E402
 from segtron.engine.defaults import (  # noqa: E402
     DefaultTrainer,
     default_argument_parser,

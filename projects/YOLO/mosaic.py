@@ -340,6 +340,7 @@ class MosaicDataset(torchdata.Dataset):
 
     @property
     def enabled(self) -> bool:
+        """Whether mosaic / mix-up are on (see :meth:`enable`)."""
         return bool(self._enabled)
 
     def __len__(self) -> int:

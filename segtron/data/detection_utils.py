@@ -46,7 +46,6 @@ __all__ = [
     "gen_crop_transform_with_instance",
     "check_metadata_consistency",
     "build_augmentation",
-    "build_sem_seg_train_augmentation",
     "build_transform_gen",
 ]
 
@@ -576,27 +575,6 @@ def build_augmentation(cfg, is_train: bool) -> List["T.Augmentation"]:
             augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
         return augs
     return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
-
-
-def build_sem_seg_train_augmentation(cfg) -> List["T.Augmentation"]:
-    """Training augmentations for semantic segmentation (what ``train_net.py`` uses for a
-    ``SemanticSegmentor``, as Detectron2's DeepLab project does).
-
-    The resize of :func:`build_augmentation`; then, when INPUT.CROP.ENABLED, a crop of
-    INPUT.CROP.TYPE / SIZE taken *after* the resize (so it has a fixed size in network pixels)
-    and retried until no category covers more than INPUT.CROP.SINGLE_CATEGORY_MAX_AREA of its
-    labelled pixels (a DeepLab key; 1.0, any crop, when the config lacks it), the
-    MODEL.SEM_SEG_HEAD.IGNORE_VALUE label not counting; then the flip.
-    (:class:`~segtron.data.DatasetMapper`'s default crop comes before the resize.)
-    """
-    augs = build_augmentation(cfg, is_train=True)
-    crop = cfg.INPUT.CROP
-    if crop.ENABLED:
-        augs.insert(1, T.RandomCrop_CategoryAreaConstraint(
-            crop.TYPE, crop.SIZE, crop.get("SINGLE_CATEGORY_MAX_AREA", 1.0),
-            cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        ))
-    return augs
 
 
 build_transform_gen = build_augmentation

@@ -357,7 +357,7 @@ def test_semantic_training_resizes_then_crops_to_a_fixed_network_size(monkeypatc
 
 
 def test_semantic_crop_reads_the_single_category_limit():
-    from segtron.data.detection_utils import build_sem_seg_train_augmentation
+    from segtron.data.sem_seg_augmentation import build_sem_seg_train_augmentation
 
     cfg = get_cfg()
     cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", [8, 8]
