@@ -42,6 +42,7 @@ from segtron.engine.defaults import (  # noqa: E402
     default_setup,
 )
 from segtron.engine.launch import launch  # noqa: E402
+from segtron.engine.model_ema import load_model_ema_for_eval  # noqa: E402
 from segtron.evaluation import (  # noqa: E402
     COCOEvaluator,
     COCOPanopticEvaluator,
@@ -142,7 +143,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """The default training loader with :func:`train_mapper`'s mapper."""
+        """The default training loader with :func:`train_mapper`'s mapper, or the registered
+        loader DATALOADER.TRAIN_LOADER names (a project's)."""
+        if cfg.DATALOADER.TRAIN_LOADER:
+            return super().build_train_loader(cfg)
         return build_detection_train_loader(cfg, mapper=train_mapper(cfg))
 
     @classmethod
@@ -195,9 +199,10 @@ def main(args) -> Optional[Dict[str, Any]]:
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        remaining = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        load_model_ema_for_eval(cfg, model, remaining or {})  # MODEL_EMA: its average
         results = Trainer.test(cfg, model)
         if comm.is_main_process() and not verify_results(cfg, results):
             raise RuntimeError(

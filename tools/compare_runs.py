@@ -6,12 +6,17 @@ Each argument is a training OUTPUT_DIR (with ``metrics.json`` and ``config.yaml`
 ``train_net.py`` writes them). Prints one row per run with its final evaluation results
 (bbox and segm AP, AP50, AP75, APs, APm, APl by default), last validation loss, training time
 and iterations, then the config keys whose values differ between the runs. With ``--plot``
-also writes the curves (losses, learning rate, AP) of all runs into one PNG.
+also writes the curves (losses, learning rate, AP) of all runs into one PNG. With ``--cost``
+the table gains each trained model's inference cost (parameters, GFLOPs, CPU ms per image;
+``segtron.utils.model_cost``), and ``--cost-plot`` draws AP against CPU time. ``--markdown``
+also writes the table as GitHub Markdown.
 
 Example::
 
     python tools/compare_runs.py output/baseline output/lr0.02 --plot curves.png
     python tools/compare_runs.py output/run1 --metrics segm/AP segm/AP-circle
+    python tools/compare_runs.py output/shapes_faster output/shapes_retinanet --cost \
+        --markdown ablation.md --cost-plot ablation.png
 """
 
 import argparse
@@ -20,7 +25,7 @@ import logging
 import math
 import os
 import sys
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # runnable as `python tools/compare_runs.py` from anywhere
@@ -33,6 +38,9 @@ from segtron.utils import run_analysis  # noqa: E402
 DEFAULT_METRICS = [f"{task}/{name}" for task in ("bbox", "segm")
                    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
 MAX_VALUE_WIDTH = 40  # config values longer than this are shortened in the table
+COST_HEADERS = ["params (M)", "GFLOPs", "CPU ms/img"]
+COST_PLOT_METRIC = "bbox/AP"  # else the first metric shown
+WARMUP_CALLS = 2  # untimed calls per model before the timed rounds
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -51,7 +59,30 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              "lines (default 20; 1 turns smoothing off)")
     parser.add_argument("--tablefmt", default="simple",
                         help="tabulate table format, e.g. simple, github (Markdown), grid")
-    return parser.parse_args(argv)
+    parser.add_argument("--markdown", metavar="FILE", default=None,
+                        help="also write the metrics table as GitHub Markdown to FILE")
+    cost = parser.add_argument_group(
+        "inference cost", "rebuild each run's model from config.yaml and model_final.pth (else "
+        "its newest checkpoint) on the CPU and measure it on the first images of its "
+        "DATASETS.TEST[0], at its test size")
+    cost.add_argument("--cost", action="store_true",
+                      help="add columns: params (M), GFLOPs (fvcore: 1 multiply-add = 1 flop) "
+                           "and CPU ms per image (batch 1, median, runs measured interleaved)")
+    cost.add_argument("--cost-images", type=int, default=20, metavar="N",
+                      help="test images per run to time (default 20; GFLOPs: the mean over "
+                           "the first 5 of them)")
+    cost.add_argument("--cost-repeats", type=int, default=3, metavar="R",
+                      help="timed passes over the images (default 3)")
+    cost.add_argument("--threads", type=int, default=2, metavar="T",
+                      help="torch CPU threads while timing (default 2)")
+    cost.add_argument("--cost-plot", metavar="PNG", default=None,
+                      help="draw bbox/AP (else the first metric shown) against CPU ms per "
+                           "image, one point per run, into this PNG (implies --cost)")
+    args = parser.parse_args(argv)
+    args.cost = args.cost or bool(args.cost_plot)
+    if args.cost_images < 1 or args.cost_repeats < 1 or args.threads < 1:
+        parser.error("--cost-images, --cost-repeats and --threads must be at least 1")
+    return args
 
 
 def _format_duration(seconds: Optional[float], source: str) -> str:
@@ -74,42 +105,60 @@ def _format_config_value(value: Any) -> str:
     return text if len(text) <= MAX_VALUE_WIDTH else text[: MAX_VALUE_WIDTH - 3] + "..."
 
 
-def metrics_table(output_dirs: Sequence[str], all_records: Sequence[List[dict]],
-                  metrics: Optional[Sequence[str]], tablefmt: str) -> str:
-    """The metrics table of the runs (``all_records``: their metrics.json records) as text,
-    one row per run."""
+def shown_metrics(finals: Sequence[Dict[str, float]],
+                  metrics: Optional[Sequence[str]]) -> List[str]:
+    """The metric columns: ``metrics``, or the defaults some run has; notes on stderr the
+    requested metrics no run has."""
+    if metrics is None:
+        return [m for m in DEFAULT_METRICS if any(m in final for final in finals)]
+    for metric in metrics:
+        if not any(metric in final for final in finals):
+            known = sorted(set().union(*finals))
+            hint = f" Keys found: {', '.join(known[:12])}" if known else ""
+            print(f"note: no run has the metric '{metric}'.{hint}", file=sys.stderr)
+    return list(metrics)
+
+
+def _cost_cells(cost) -> List[str]:
+    return [f"{cost.params / 1e6:.2f}", f"{cost.gflops:.2f}", f"{cost.ms_per_image:.1f}"]
+
+
+def metrics_rows(output_dirs: Sequence[str], all_records: Sequence[List[dict]],
+                 finals: Sequence[Dict[str, float]], shown: Sequence[str],
+                 costs: Optional[Sequence[Any]] = None) -> Tuple[List[str], List[List[str]]]:
+    """(headers, rows) of the metrics table: one row per run, the ``shown`` metrics of its
+    ``finals``, then the cost columns when ``costs`` (``model_cost.RunCost``, one per run)."""
     names = run_analysis.run_names(output_dirs)
-    rows, finals = [], []
-    for output_dir, name, records in zip(output_dirs, names, all_records):
-        final = run_analysis.final_results(records)
-        finals.append(final)
+    rows = []
+    for output_dir, name, records, final in zip(output_dirs, names, all_records, finals):
         last = run_analysis.last_iteration(records)
         seconds, source = run_analysis.training_time(output_dir, records)
         rows.append([name, "-" if last is None else last + 1, _format_duration(seconds, source),
-                     _format_number(final.get("val_total_loss"), 4)])
-    headers = ["run", "iters", "train time", "val loss"]
+                     _format_number(final.get("val_total_loss"), 4),
+                     *(_format_number(final.get(m), 2) for m in shown)])
+    headers = ["run", "iters", "train time", "val loss", *shown]
+    if costs is not None:
+        headers.extend(COST_HEADERS)
+        for row, cost in zip(rows, costs):
+            row.extend(_cost_cells(cost))
+    return headers, rows
 
-    if metrics is None:  # the defaults: only those some run has
-        shown = [m for m in DEFAULT_METRICS if any(m in final for final in finals)]
-    else:
-        shown = list(metrics)
-        for metric in shown:
-            if not any(metric in final for final in finals):
-                known = sorted(set().union(*finals))
-                hint = f" Keys found: {', '.join(known[:12])}" if known else ""
-                print(f"note: no run has the metric '{metric}'.{hint}", file=sys.stderr)
-    for row, final in zip(rows, finals):
-        row.extend(_format_number(final.get(m), 2) for m in shown)
-    headers.extend(shown)
-    table = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True,
-                     colalign=["left"] + ["right"] * (len(headers) - 1))
-    if any(row[2].startswith("~") for row in rows):
-        table += ("\n~ train time estimated from the step times in metrics.json (no 'Total "
-                  "training time' in log.txt: the run is unfinished or its log is elsewhere)")
-    if not shown and metrics is None:
-        table += ("\n(no evaluation results yet: they are written every TEST.EVAL_PERIOD "
-                  "iterations and at the end of training)")
-    return table
+
+def render_metrics_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                         no_results: bool, tablefmt: str, markdown: bool = False) -> str:
+    """The metrics table as text in ``tablefmt``, with its notes below it (estimated training
+    times; ``no_results``: no evaluation results to show); ``markdown``: GitHub Markdown, the
+    notes as paragraphs of their own."""
+    table = tabulate(rows, headers=headers, tablefmt="github" if markdown else tablefmt,
+                     disable_numparse=True, colalign=["left"] + ["right"] * (len(headers) - 1))
+    notes = []
+    if any(str(row[2]).startswith("~") for row in rows):
+        notes.append("~ train time estimated from the step times in metrics.json (no 'Total "
+                     "training time' in log.txt: the run is unfinished or its log is elsewhere)")
+    if no_results:
+        notes.append("(no evaluation results yet: they are written every TEST.EVAL_PERIOD "
+                     "iterations and at the end of training)")
+    return ("\n\n" if markdown else "\n").join([table, *notes])
 
 
 def differences_table(output_dirs: Sequence[str], tablefmt: str) -> str:
@@ -121,6 +170,38 @@ def differences_table(output_dirs: Sequence[str], tablefmt: str) -> str:
     rows = [[key, *map(_format_config_value, values)] for key, values in differences.items()]
     return tabulate(rows, headers=["config key", *names], tablefmt=tablefmt,
                     disable_numparse=True)
+
+
+def measure_costs(args: argparse.Namespace) -> List[Any]:
+    """``model_cost.measure_runs`` of the runs with the options' images, repeats and threads."""
+    import torch  # only here: the tool without --cost imports no torch
+
+    from segtron.utils import model_cost
+
+    torch.set_num_threads(args.threads)
+    print(f"Measuring the inference cost of {len(args.output_dirs)} run(s) on the CPU "
+          f"({args.threads} threads, {args.cost_images} images, {args.cost_repeats} repeats)...",
+          file=sys.stderr)
+    return model_cost.measure_runs(args.output_dirs, num_images=args.cost_images,
+                                   repeats=args.cost_repeats, warmup=WARMUP_CALLS)
+
+
+def cost_plot_metric(finals: Sequence[Dict[str, float]], shown: Sequence[str]) -> str:
+    """The metric ``--cost-plot`` draws: ``COST_PLOT_METRIC`` if shown, else the first shown
+    metric some run has."""
+    available = [m for m in shown if any(m in final for final in finals)]
+    if not available:
+        raise ValueError("--cost-plot: no metric to plot (no run has a value of the metrics "
+                         "shown; choose one with --metrics).")
+    return COST_PLOT_METRIC if COST_PLOT_METRIC in available else available[0]
+
+
+def write_markdown(path: str, table: str) -> None:
+    """Write ``table`` (Markdown text) to ``path``, creating its directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(table + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -135,7 +216,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         all_records = [run_analysis.load_metrics(d) for d in args.output_dirs]
-        print(metrics_table(args.output_dirs, all_records, args.metrics, args.tablefmt))
+        finals = [run_analysis.final_results(records) for records in all_records]
+        shown = shown_metrics(finals, args.metrics)
+        plot_metric = cost_plot_metric(finals, shown) if args.cost_plot else None
+        costs = measure_costs(args) if args.cost else None
+        headers, rows = metrics_rows(args.output_dirs, all_records, finals, shown, costs)
+        no_results = not shown and args.metrics is None
+        print(render_metrics_table(headers, rows, no_results, args.tablefmt))
+        if args.markdown:
+            write_markdown(args.markdown, render_metrics_table(headers, rows, no_results,
+                                                               args.tablefmt, markdown=True))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -147,14 +237,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (FileNotFoundError, ValueError) as e:
             print(f"Config comparison skipped: {e}", file=sys.stderr)
 
-    if args.plot:
-        try:
+    try:
+        if args.plot:
             run_analysis.plot_runs(args.output_dirs, args.plot, smoothing=args.smoothing,
                                    records=all_records)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"\nCurves written to {os.path.abspath(args.plot)}")
+            print(f"\nCurves written to {os.path.abspath(args.plot)}")
+        if args.cost_plot:
+            run_analysis.plot_cost_accuracy(
+                run_analysis.run_names(args.output_dirs), [c.ms_per_image for c in costs],
+                [final.get(plot_metric) for final in finals], plot_metric, args.cost_plot)
+            print(f"\n{plot_metric} against CPU time written to "
+                  f"{os.path.abspath(args.cost_plot)}")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.markdown:
+        print(f"\nMarkdown table written to {os.path.abspath(args.markdown)}")
     return 0
 
 

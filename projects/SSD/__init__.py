@@ -6,7 +6,8 @@ Importing it registers the "SSD" meta-architecture (META_ARCH_REGISTRY),
 ``add_ssd_config(cfg)`` (also ``add_config``, which ``train_net.py`` calls) adds the MODEL.SSD
 keys. ``load_torchvision_ssd300_vgg16`` loads torchvision's weights;
 ``SSDPhotometricDistortion``, ``SSDExpand`` and ``SSDMinIoURandomCrop`` are the paper's
-training augmentations. Importable as ``projects.SSD``, ``segtron.projects.ssd`` and
+training augmentations, which ``DATALOADER.TRAIN_LOADER: "SSDAugmentedLoader"`` applies
+(``training.py``). Importable as ``projects.SSD``, ``segtron.projects.ssd`` and
 ``detectron2.projects.ssd``. Configs: ``projects/SSD/configs``; see README.md here.
 """
 
@@ -19,6 +20,7 @@ from .matching import match_priors
 from .prior_boxes import PriorBoxGenerator, grid_prior_boxes, prior_scales, prior_shapes
 from .resnet import SSDExtraBlock, SSDResNetBackbone, build_ssd_resnet_backbone
 from .ssd import SSD
+from .training import build_ssd_train_augmentation
 from .torchvision_weights import (
     load_torchvision_ssd300_vgg16,
     load_torchvision_vgg16_features,
@@ -32,6 +34,7 @@ __all__ = [
     "add_config",
     "add_ssd_config",
     "build_ssd_resnet_backbone",
+    "build_ssd_train_augmentation",
     "build_ssd_vgg_backbone",
     "grid_prior_boxes",
     "hard_negative_mask",

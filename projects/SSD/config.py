@@ -69,6 +69,15 @@ _SSD_KEYS = (
      "Output channels of each extra block of the ResNet backbone, one per block built. Empty: "
      "NVIDIA's 512, 512, 256, 256, 256 ('nvidia'), or res5's channels for every block "
      "('multi_level')."),
+    # -- training data (DATALOADER.TRAIN_LOADER "SSDAugmentedLoader", training.py) ------------
+    ("INPUT.SSD_AUG.PHOTOMETRIC", True,
+     "Random brightness, contrast, saturation and hue (SSDPhotometricDistortion)."),
+    ("INPUT.SSD_AUG.EXPAND_PROB", 0.5,
+     "Probability of zooming out (SSDExpand) onto a canvas of MODEL.PIXEL_MEAN; 0: never."),
+    ("INPUT.SSD_AUG.EXPAND_MAX_RATIO", 4.0,
+     "Largest canvas side of the zoom-out, as a multiple of the image side."),
+    ("INPUT.SSD_AUG.MIN_IOU_CROP", True,
+     "Crop a patch whose IoU with the boxes reaches a random minimum (SSDMinIoURandomCrop)."),
 )
 
 

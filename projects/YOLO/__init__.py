@@ -1,7 +1,8 @@
 """YOLOX (Ge et al., "YOLOX: Exceeding YOLO Series in 2021") as a segtron project: the
 network (CSPDarknet-53 backbone, PAFPN neck, decoupled anchor-free head), its inference, the
 SimOTA label assignment (``simota_assign``) and the mosaic / mix-up data wrapper
-(``MosaicDataset``, ``MosaicDatasetMapper``); see README.md for what is pending.
+(``MosaicDataset``, ``MosaicDatasetMapper``) and, in ``training.py``, the trainer plug-ins
+that use them from a config: the loader "YOLOXMosaicLoader" and the hook "YOLOXModeSwitch".
 
 Importing it registers the "YOLOX" meta-architecture (META_ARCH_REGISTRY) and the backbones
 ``build_cspdarknet_backbone`` and ``build_yolox_pafpn_backbone`` (BACKBONE_REGISTRY);
@@ -21,6 +22,7 @@ from .mosaic import MosaicDataset, MosaicDatasetMapper
 from .pafpn import YOLOPAFPN, build_yolox_pafpn_backbone
 from .simota import SimOTAResult, simota_assign
 from .spp import SPPBottleneck
+from .training import YOLOXModeSwitchHook, build_mosaic_dataset
 from .yolox import YOLOX
 
 add_config = add_yolox_config
@@ -31,6 +33,7 @@ __all__ = [
     "Bottleneck",
     "build_cspdarknet_backbone",
     "build_yolox_pafpn_backbone",
+    "build_mosaic_dataset",
     "ConvBNAct",
     "CSPDarknet",
     "CSPLayer",
@@ -52,4 +55,5 @@ __all__ = [
     "YOLOPAFPN",
     "YOLOX",
     "YOLOXHead",
+    "YOLOXModeSwitchHook",
 ]

@@ -83,6 +83,24 @@ _YOLOX_KEYS = (
      "Add loss_l1: L1 distance of the foreground cells' raw (dx, dy, log w, log h) to the GT "
      "box encoded the same way, weight 1. YOLOX turns it on for the last 15 epochs, when mosaic "
      "stops (a hook can set model.use_l1_loss = True then); off otherwise."),
+    ("MODEL.YOLOX.NO_AUG_ITERS", 0,
+     "With SOLVER.HOOKS ['YOLOXModeSwitch']: the last NO_AUG_ITERS iterations train without "
+     "mosaic / mix-up and with the L1 loss (YOLOX: the last 15 of 300 epochs). 0: no switch."),
+    # -- training data: mosaic / mix-up (DATALOADER.TRAIN_LOADER "YOLOXMosaicLoader";
+    # mosaic.MosaicDataset's arguments) --------------------------------------------------------
+    ("INPUT.MOSAIC.SIZE", [640, 640],
+     "(H, W) of a mosaic image; the mapper's INPUT.MIN_SIZE_TRAIN resize and flip follow."),
+    ("INPUT.MOSAIC.PROB", 1.0, "Probability that a training sample is a mosaic of 4 images."),
+    ("INPUT.MOSAIC.MIXUP_PROB", 1.0,
+     "Probability that a mosaic is also mixed up with another image (YOLOX-s and larger: 1.0; "
+     "nano / tiny: 0)."),
+    ("INPUT.MOSAIC.SCALE", [0.1, 2.0],
+     "Range of the mosaic's random scale (YOLOX-s and larger: 0.1-2; nano / tiny: 0.5-1.5)."),
+    ("INPUT.MOSAIC.TRANSLATE", 0.1, "Largest random shift, as a fraction of the size."),
+    ("INPUT.MOSAIC.MIXUP_SCALE", [0.5, 1.5], "Range of the mix-up image's extra scale."),
+    ("INPUT.MOSAIC.MIN_BOX_SIZE", 2.0,
+     "Boxes with a side below this many pixels after clipping are dropped."),
+    ("INPUT.MOSAIC.FILL", 114, "Value (0..255) of the canvas where no image lands."),
 )
 
 

@@ -89,6 +89,9 @@ _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.REPEAT_SQRT = True
 # Drop training images that have no usable annotation.
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# segtron: the name of a training loader in segtron.engine.TRAIN_LOADER_REGISTRY (a project's,
+# e.g. "YOLOXMosaicLoader"); "" builds the trainer's default loader.
+_C.DATALOADER.TRAIN_LOADER = ""
 
 # -----------------------------------------------------------------------------
 # Backbone
@@ -395,6 +398,18 @@ _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
 _C.SOLVER.AMP = CN({"ENABLED": False})
 
+# segtron: names in segtron.engine.HOOK_REGISTRY whose hooks DefaultTrainer adds (after the LR
+# scheduler, before checkpointing and evaluation), e.g. projects/YOLO's "YOLOXModeSwitch".
+_C.SOLVER.HOOKS = []
+
+# segtron: an exponential moving average of the weights, evaluated and saved as the final model
+# (segtron/engine/model_ema.py). Decay after n updates: DECAY * (1 - exp(-n / DECAY_RAMP_ITERS))
+# when DECAY_RAMP_ITERS > 0 (YOLOX: 0.9998, 2000), else DECAY.
+_C.MODEL_EMA = CN()
+_C.MODEL_EMA.ENABLED = False
+_C.MODEL_EMA.DECAY = 0.9998
+_C.MODEL_EMA.DECAY_RAMP_ITERS = 0
+
 # -----------------------------------------------------------------------------
 # Test
 # -----------------------------------------------------------------------------
@@ -442,5 +457,6 @@ SEGTRON_ADDED_KEYS = (
     "MODEL.FCOS.PRIOR_PROB", "MODEL.FCOS.CENTER_SAMPLING_RADIUS", "MODEL.FCOS.FOCAL_LOSS_ALPHA",
     "MODEL.FCOS.FOCAL_LOSS_GAMMA", "MODEL.FCOS.BBOX_REG_LOSS_TYPE", "MODEL.FCOS.SCORE_THRESH_TEST",
     "MODEL.FCOS.TOPK_CANDIDATES_TEST", "MODEL.FCOS.NMS_THRESH_TEST",
-    "MODEL.RESNETS.RES4_DILATION",
+    "MODEL.RESNETS.RES4_DILATION", "DATALOADER.TRAIN_LOADER", "SOLVER.HOOKS",
+    "MODEL_EMA.ENABLED", "MODEL_EMA.DECAY", "MODEL_EMA.DECAY_RAMP_ITERS",
 )

@@ -9,3 +9,5 @@ from .train_loop import *  # noqa: F401,F403
 from .hooks import *  # noqa: F401,F403
 from .launch import *  # noqa: F401,F403
 from .defaults import *  # noqa: F401,F403
+from .model_ema import *  # noqa: F401,F403
+from .training_plugins import *  # noqa: F401,F403

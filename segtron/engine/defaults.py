@@ -46,8 +46,10 @@ from segtron.utils.file_io import PathManager
 from segtron.utils.logger import setup_logger
 
 from . import hooks
+from .model_ema import ModelEMAHook, build_model_ema
 from .predictor import DefaultPredictor
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from .training_plugins import build_registered_hooks, build_registered_train_loader
 
 __all__ = [
     "create_ddp_model",
@@ -168,8 +170,8 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace]) -> None:
     """Prepare a process for training or evaluation from ``cfg`` and the parsed ``args``.
 
     1. Create ``cfg.OUTPUT_DIR`` (main process).
-    2. Set up the ``segtron`` and ``fvcore`` loggers: console on rank 0, ``log.txt`` (rank 0)
-       or ``log.txt.rank<r>`` in OUTPUT_DIR.
+    2. Set up the ``segtron``, ``fvcore`` and ``projects`` loggers: console on rank 0,
+       ``log.txt`` (rank 0) or ``log.txt.rank<r>`` in OUTPUT_DIR.
     3. Log the rank and world size, the environment (``collect_env_info``), the command-line
        arguments and the contents of the config file.
     4. Write the full config to ``<OUTPUT_DIR>/config.yaml`` (main process).
@@ -187,6 +189,8 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace]) -> None:
 
     rank = comm.get_rank()
     setup_logger(output_dir or None, distributed_rank=rank, name="fvcore")
+    # The research projects log under "projects.<Name>" (train_net.py imports them so).
+    setup_logger(output_dir or None, distributed_rank=rank, name="projects")
     log = setup_logger(output_dir or None, distributed_rank=rank)
 
     log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
@@ -302,6 +306,10 @@ class DefaultTrainer(TrainerBase):
         self.checkpointer = DetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
+        # MODEL_EMA: the weight average, saved in every checkpoint as "model_ema".
+        self.model_ema = build_model_ema(cfg, model)
+        if self.model_ema is not None:
+            self.checkpointer.add_checkpointable("model_ema", self.model_ema)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -348,18 +356,25 @@ class DefaultTrainer(TrainerBase):
         if resume and self.checkpointer.has_checkpoint():
             # The checkpoint of iteration i is written after step i: continue at i + 1.
             self.start_iter = self.iter + 1
+        if self.model_ema is not None and self.model_ema.updates == 0:
+            self.model_ema.reset(self.model)  # start the average from the loaded weights
 
     def build_hooks(self) -> List[Any]:
-        """The default hooks, in order: IterationTimer, LRScheduler, PreciseBN (when
+        """The default hooks, in order: IterationTimer, LRScheduler, ModelEMAHook (when
+        MODEL_EMA.ENABLED), the hooks of SOLVER.HOOKS (``HOOK_REGISTRY``), PreciseBN (when
         TEST.PRECISE_BN.ENABLED and the model has BatchNorm), PeriodicCheckpointer (main
         process), ValidationLoss (when TEST.VAL_LOSS_PERIOD > 0), EvalHook (every
-        TEST.EVAL_PERIOD and after training) and PeriodicWriter (main process, every 20
-        iterations; last, so it writes what the other hooks recorded)."""
+        TEST.EVAL_PERIOD and after training; with the EMA weights when MODEL_EMA.ENABLED) and
+        PeriodicWriter (main process, every 20 iterations; last, so it writes what the other
+        hooks recorded)."""
         cfg = self.cfg.clone()
         cfg.defrost()
         cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN / validation loaders: no worker processes
 
         ret: List[Any] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if self.model_ema is not None:
+            ret.append(ModelEMAHook(self.model_ema))
+        ret.extend(build_registered_hooks(self.cfg, self))
         if cfg.TEST.PRECISE_BN.ENABLED and hooks.get_bn_modules(self.model):
             ret.append(hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model,
                                        self.build_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER))
@@ -370,7 +385,11 @@ class DefaultTrainer(TrainerBase):
                                             self.build_validation_loss_loader(cfg)))
 
         def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
+            if self.model_ema is None:
+                self._last_eval_results = self.test(self.cfg, self.model)
+            else:
+                with self.model_ema.applied(self.model):
+                    self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
 
         # Evaluation runs on every process (inference is distributed), before the writer so the
@@ -445,7 +464,10 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """``build_detection_train_loader(cfg)``: an infinite loader of DATASETS.TRAIN."""
+        """``build_detection_train_loader(cfg)``: an infinite loader of DATASETS.TRAIN; the
+        registered loader DATALOADER.TRAIN_LOADER names instead, when it is set."""
+        if cfg.DATALOADER.TRAIN_LOADER:
+            return build_registered_train_loader(cfg)
         return build_detection_train_loader(cfg)
 
     @classmethod

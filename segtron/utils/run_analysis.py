@@ -11,7 +11,8 @@ A training run (``train_net.py ... OUTPUT_DIR out/run1``) leaves in its output d
 
 The functions here turn those into Python values (``load_metrics``, ``training_curves``,
 ``final_results``, ``training_time``, ``config_differences``) and a picture of several runs'
-curves side by side (``plot_runs``). ``tools/compare_runs.py`` is the command line for them.
+curves side by side (``plot_runs``), and a picture of their accuracy against their inference
+time (``plot_cost_accuracy``). ``tools/compare_runs.py`` is the command line for them.
 
 Example::
 
@@ -46,6 +47,7 @@ __all__ = [
     "run_names",
     "smooth",
     "plot_runs",
+    "plot_cost_accuracy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -467,4 +469,62 @@ def plot_runs(output_dirs: Sequence[str], path: str, smoothing: int = 20,
     with PathManager.open(os.fspath(path), "wb") as f:
         fig.savefig(f, format="png")
     logger.info("Wrote the curves of %d run(s) to %s", len(names), path)
+    return path
+
+
+def plot_cost_accuracy(names: Sequence[str], ms_per_image: Sequence[float],
+                       values: Sequence[Optional[float]], metric: str, path: str) -> str:
+    """Draw one run per point: ``metric`` (e.g. ``bbox/AP``) against CPU milliseconds per image,
+    each point labelled with its run's name, on linear axes starting at 0 ms, into a PNG.
+
+    Args:
+        names: the runs' names (``run_names``).
+        ms_per_image: their CPU milliseconds per image (``model_cost.measure_ms_per_image``).
+        values: their final value of ``metric``; a run with None or NaN is left out.
+        metric: the y axis' metric name, for the labels and title.
+        path: the PNG to write (its directory is created).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: when the lengths differ or no run has a value of ``metric``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # off-screen: no display needed
+    from matplotlib.figure import Figure
+
+    if not len(names) == len(ms_per_image) == len(values):
+        raise ValueError(f"plot_cost_accuracy: {len(names)} names, {len(ms_per_image)} times "
+                         f"and {len(values)} values; pass one of each per run.")
+    points = [(n, float(ms), float(v)) for n, ms, v in zip(names, ms_per_image, values)
+              if v is not None and math.isfinite(v)]
+    left_out = [n for n, v in zip(names, values) if v is None or not math.isfinite(v)]
+    if not points:
+        raise ValueError(f"Nothing to plot: no run has a value of '{metric}' (choose another "
+                         "with --metrics).")
+    if left_out:
+        logger.warning("No %s for %s: left out of the plot.", metric, ", ".join(left_out))
+
+    fig = Figure(figsize=(7, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for index, (name, ms, value) in enumerate(points):
+        ax.scatter([ms], [value], s=40, zorder=3)
+        below = index % 2 == 1  # alternate above / below: close points keep readable labels
+        ax.annotate(name, (ms, value), xytext=(5, -6 if below else 6), textcoords="offset points",
+                    va="top" if below else "bottom", fontsize=10)
+    ax.set_xlim(left=0, right=max(ms for _, ms, _ in points) * 1.25)
+    ax.margins(y=0.15)
+    ax.set_xlabel("CPU ms / image (batch 1)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against CPU inference time")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        PathManager.mkdirs(directory)
+    with PathManager.open(os.fspath(path), "wb") as f:
+        fig.savefig(f, format="png")
+    logger.info("Wrote %s against CPU time of %d run(s) to %s", metric, len(points), path)
     return path

@@ -75,7 +75,7 @@ def toy_cfg(output_dir: str, **solver):
 def restored_process_state():
     """Restore the loggers, torch backend flags, RNG and PYTHONHASHSEED changed by
     ``default_setup`` / ``setup_logger``, so later tests in this process see them untouched."""
-    loggers = {name: logging.getLogger(name) for name in ("segtron", "fvcore")}
+    loggers = {name: logging.getLogger(name) for name in ("segtron", "fvcore", "projects")}
     saved = {name: (list(lg.handlers), lg.level, lg.propagate) for name, lg in loggers.items()}
     benchmark = torch.backends.cudnn.benchmark
     precision = torch.get_float32_matmul_precision()

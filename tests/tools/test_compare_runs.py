@@ -1,16 +1,22 @@
 """tools/compare_runs.py as a script on fake OUTPUT_DIRs: the metrics table, the differing
-config keys, the curves PNG, one run, and errors. (It imports no torch: ~1-2 s per run.)"""
+config keys, the curves PNG, one run, the Markdown table, and errors. (It imports no torch:
+~1-2 s per run.) With --cost it is run in-process, on fake runs holding a tiny RetinaNet's
+config.yaml and model_final.pth."""
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import REPO_ROOT
 from tests.utils.fake_runs import make_fake_run
+from tests.utils.test_model_cost import register_tiny_shapes, unregister, write_tiny_detector_run
 
 
 def _run(*args, cwd=REPO_ROOT):
@@ -70,3 +76,99 @@ def test_errors_name_the_directory(tmp_path):
     proc = _run(tmp_path / "empty")
     assert proc.returncode == 1
     assert str(tmp_path / "empty" / "metrics.json") in proc.stderr
+
+
+def test_markdown_table(runs, tmp_path):
+    markdown = tmp_path / "tables" / "runs.md"
+    proc = _run(*runs, "--markdown", markdown)
+    assert proc.returncode == 0, proc.stderr
+    lines = markdown.read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[:5] == ["run", "iters", "train time", "val loss", "bbox/AP"]
+    assert re.fullmatch(r"\|(:?-+:?\|)+", lines[1])  # the header separator
+    rows = {cells[0]: cells for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:4])}
+    assert rows["baseline"][1:5] == ["200", "0:01:40", "0.9000", "30.00"]
+    assert rows["lr0.02"][4] == "33.00"
+    assert lines[4] == "" and lines[5].startswith("~ train time estimated")  # a paragraph
+    assert str(markdown) in proc.stdout
+    assert "params (M)" not in proc.stdout  # no cost columns without --cost
+
+
+# ------------------------------------------------------------------------- inference cost
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("compare_runs",
+                                                  REPO_ROOT / "tools" / "compare_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def detector_runs(tmp_path):
+    """Two fake runs with a tiny RetinaNet each (the second with a 32-channel FPN, more
+    parameters and GFLOPs), tested on a 3-image shapes split; and their saved models."""
+    dataset = register_tiny_shapes(tmp_path / "shapes")
+    threads = torch.get_num_threads()  # --threads changes it for the process
+    dirs, models = [], []
+    for name, opts, ap_offset in (("fpn16", (), 0), ("fpn32", ("MODEL.FPN.OUT_CHANNELS", "32"), 3)):
+        directory = make_fake_run(tmp_path / name, ap_offset=ap_offset, log_time="0:01:40")
+        models.append(write_tiny_detector_run(directory, dataset, opts))  # its config.yaml
+        dirs.append(directory)
+    yield dirs, models
+    torch.set_num_threads(threads)
+    unregister(dataset)
+
+
+def _cost_cells(table_line: str):
+    """The last three cells (params, GFLOPs, ms) of a row of the simple table."""
+    return table_line.split()[-3:]
+
+
+def test_cost_columns_markdown_and_cost_plot(tool, detector_runs, tmp_path, capsys):
+    dirs, models = detector_runs
+    markdown, plot = tmp_path / "ablation.md", tmp_path / "ablation.png"
+    assert tool.main([*map(str, dirs), "--cost-images", "2", "--cost-repeats", "1",
+                      "--threads", "1", "--markdown", str(markdown),
+                      "--cost-plot", str(plot)]) == 0  # --cost-plot implies --cost
+    out = capsys.readouterr().out
+    table = out.partition("config key")[0].splitlines()
+    assert table[0].split()[-6:] == ["segm/APl", "params", "(M)", "GFLOPs", "CPU", "ms/img"]
+    rows = {line.split()[0]: line for line in table if line.startswith("fpn")}
+    for name, model in zip(("fpn16", "fpn32"), models):
+        params, gflops, ms = _cost_cells(rows[name])
+        assert params == f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}"
+        assert float(gflops) > 0 and float(ms) > 0
+    assert float(_cost_cells(rows["fpn32"])[1]) > float(_cost_cells(rows["fpn16"])[1])
+    assert torch.get_num_threads() == 1
+
+    lines = markdown.read_text().splitlines()
+    assert [c.strip() for c in lines[0].strip("|").split("|")][-3:] == [
+        "params (M)", "GFLOPs", "CPU ms/img"]
+    md_rows = {line.split("|")[1].strip(): line for line in lines[2:4]}
+    for name in ("fpn16", "fpn32"):  # the same numbers as printed
+        assert [c.strip() for c in md_rows[name].strip("|").split("|")][-3:] == \
+            _cost_cells(rows[name])
+
+    assert "bbox/AP against CPU time written to" in out
+    with Image.open(plot) as im:
+        assert im.format == "PNG" and im.size == (700, 500)
+        assert np.asarray(im.convert("L")).std() > 10
+
+
+def test_cost_errors_name_the_file(tool, tmp_path, capsys):
+    run = make_fake_run(tmp_path / "nockpt")
+    assert tool.main([str(run), "--cost"]) == 1
+    err = capsys.readouterr().err
+    assert f"No checkpoint in {run}" in err and "model_final.pth" in err
+    (run / "config.yaml").unlink()
+    assert tool.main([str(run), "--cost"]) == 1
+    assert f"No config at {run / 'config.yaml'}" in capsys.readouterr().err
+    # Nothing to plot: checked before the (slow) measuring.
+    assert tool.main([str(run), "--metrics", "keypoints/AP", "--cost-plot",
+                      str(tmp_path / "p.png")]) == 1
+    assert "no metric to plot" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
