@@ -126,7 +126,8 @@ def test_trainer_evaluates_and_ends_with_the_average(tmp_path):
     assert not torch.equal(seen[0], raw_after_step_3[0])  # the average, not the raw weights
     final = torch.load(tmp_path / "model_final.pth", weights_only=False)
     assert final["model_ema"]["updates"] == 8
-    assert torch.equal(final["model"]["linear.weight"], final["model_ema"]["state"]["linear.weight"])
+    averaged = final["model_ema"]["state"]["linear.weight"]
+    assert torch.equal(final["model"]["linear.weight"], averaged)
     assert torch.equal(seen[1], final["model"]["linear.weight"])
 
 

@@ -1,6 +1,7 @@
-"""Every SSD and YOLOX config trains 10 iterations with train_net.py's Trainer, on a small
-shapes split at small sizes and (YOLOX) a tiny width, through the data loader and hooks the
-config selects: SSD's augmented loader, YOLOX's mosaic loader, mode switch and weight average.
+"""Every SSD and YOLOX config, and every config of the shapes detector ablation, trains 10
+iterations with train_net.py's Trainer, on a small shapes split at small sizes and (YOLOX) a
+tiny width, through the data loader and hooks the config selects: SSD's augmented loader,
+YOLOX's mosaic loader, mode switch and weight average.
 """
 
 import argparse
@@ -40,6 +41,14 @@ CONFIGS = {
     "projects/YOLO/configs/COCO-Detection/yolox_nano.yaml": SMALL_YOLOX,
     "projects/YOLO/configs/COCO-Detection/yolox_tiny.yaml": SMALL_YOLOX,
     "projects/YOLO/configs/COCO-Detection/yolox_s.yaml": SMALL_YOLOX,
+    # The detector ablation (issue 16's configs), at the shapes configs' own sizes.
+    "configs/Shapes/faster_rcnn_R_18_FPN.yaml": [],
+    "configs/Shapes/Detectors/faster_rcnn.yaml": [],
+    "configs/Shapes/Detectors/mask_rcnn.yaml": [],
+    "configs/Shapes/Detectors/retinanet.yaml": [],
+    "configs/Shapes/Detectors/fcos.yaml": [],
+    "configs/Shapes/Detectors/ssd.yaml": ["MODEL.SSD.IMAGE_SIZE", "128"],
+    "configs/Shapes/Detectors/yolox.yaml": SMALL_YOLOX,
 }
 
 
