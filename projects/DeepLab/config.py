@@ -1,7 +1,7 @@
 """The DeepLab project's config keys: :func:`add_deeplab_config` (Detectron2's name and
 defaults)."""
 
-from segtron.config import CfgNode
+from segtron.config import CfgNode, add_missing_keys
 
 __all__ = ["add_deeplab_config"]
 
@@ -44,10 +44,4 @@ def add_deeplab_config(cfg: CfgNode) -> None:
     for every project). A key that ``cfg`` already has keeps its value, so calling it twice, or
     after a merge, changes nothing.
     """
-    for dotted, default, _ in _DEEPLAB_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            node[leaf] = list(default) if isinstance(default, list) else default
+    add_missing_keys(cfg, _DEEPLAB_KEYS)

@@ -4,7 +4,7 @@ Defaults are those of torchvision's ``ssd300_vgg16`` (itself the COCO SSD300 of 
 so a config that only selects the architecture builds that model.
 """
 
-from segtron.config import CfgNode
+from segtron.config import CfgNode, add_missing_keys
 
 __all__ = ["add_ssd_config"]
 
@@ -90,14 +90,4 @@ def add_ssd_config(cfg: CfgNode) -> None:
     The number of detections kept per image is the core key TEST.DETECTIONS_PER_IMAGE (set it
     to torchvision's 200 in SSD configs).
     """
-    for dotted, default, _ in _SSD_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for part in parents:
-            if part not in node:
-                node[part] = CfgNode()
-            node = node[part]
-        if leaf not in node:
-            if isinstance(default, list):
-                default = [list(v) if isinstance(v, list) else v for v in default]
-            node[leaf] = default
+    add_missing_keys(cfg, _SSD_KEYS)

@@ -15,7 +15,7 @@ x          1.33   1.25   False      99.1 M
 =========  =====  =====  =========  ======================
 """
 
-from segtron.config import CfgNode
+from segtron.config import CfgNode, add_missing_keys
 
 __all__ = ["add_yolox_config"]
 
@@ -111,12 +111,4 @@ def add_yolox_config(cfg: CfgNode) -> None:
     Only missing keys are added: a key ``cfg`` already has keeps its value, so calling it
     twice, or after a merge, changes nothing. Missing nodes (``MODEL.YOLOX``) are created.
     """
-    for dotted, default, _ in _YOLOX_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for part in parents:
-            if part not in node:
-                node[part] = CfgNode()
-            node = node[part]
-        if leaf not in node:
-            node[leaf] = list(default) if isinstance(default, list) else default
+    add_missing_keys(cfg, _YOLOX_KEYS)

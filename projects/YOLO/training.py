@@ -17,7 +17,7 @@ from typing import Optional
 
 from segtron.config import CfgNode
 from segtron.data import DatasetFromList, build_detection_train_loader, get_detection_dataset_dicts
-from segtron.engine import HOOK_REGISTRY, TRAIN_LOADER_REGISTRY, HookBase
+from segtron.engine import HOOK_REGISTRY, TRAIN_LOADER_REGISTRY, HookBase, unwrap_model
 
 from .mosaic import MosaicDataset, MosaicDatasetMapper
 
@@ -72,10 +72,6 @@ def YOLOXMosaicLoader(cfg: CfgNode):
     return loader
 
 
-def _unwrap(model):
-    return getattr(model, "module", model)
-
-
 class YOLOXModeSwitchHook(HookBase):
     """Before the step of iteration ``switch_iter`` (or the first step of a run resumed past
     it), turns mosaic / mix-up off in ``mosaic_dataset`` (when given) and sets the model's
@@ -91,7 +87,7 @@ class YOLOXModeSwitchHook(HookBase):
             return
         if self.mosaic_dataset is not None:
             self.mosaic_dataset.enable(False)
-        _unwrap(self.trainer.model).use_l1_loss = True
+        unwrap_model(self.trainer.model).use_l1_loss = True
         self.switched = True
         logger.info(
             "YOLOX: from iteration %d on, no mosaic / mix-up%s and the L1 box loss on.",

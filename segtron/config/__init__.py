@@ -1,6 +1,9 @@
-"""Configuration: ``get_cfg()`` (all Detectron2 keys and defaults), ``CfgNode``, ``configurable``."""
+"""Configuration: ``get_cfg()`` (all Detectron2 keys and defaults), ``CfgNode``,
+``configurable``, and ``add_missing_keys`` (a project's keys from a table)."""
 
 from .config import CfgNode, get_cfg, global_cfg, set_global_cfg
 from .configurable import configurable
+from .added_keys import add_missing_keys
 
-__all__ = ["CfgNode", "get_cfg", "global_cfg", "set_global_cfg", "configurable"]
+__all__ = ["CfgNode", "get_cfg", "global_cfg", "set_global_cfg", "configurable",
+           "add_missing_keys"]

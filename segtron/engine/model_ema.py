@@ -34,16 +34,11 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from .train_loop import HookBase
+from .train_loop import HookBase, unwrap_model
 
 __all__ = ["ModelEMA", "ModelEMAHook", "build_model_ema", "load_model_ema_for_eval"]
 
 logger = logging.getLogger(__name__)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel, else ``model``."""
-    return getattr(model, "module", model)
 
 
 class ModelEMA:
@@ -72,7 +67,8 @@ class ModelEMA:
 
     def reset(self, model: nn.Module) -> None:
         """Restart the average from ``model``'s current weights (``updates`` back to 0)."""
-        self.state = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+        weights = unwrap_model(model).state_dict()
+        self.state = {name: value.detach().clone() for name, value in weights.items()}
         self.updates = 0
 
     def decay_at(self, updates: int) -> float:
@@ -86,7 +82,7 @@ class ModelEMA:
         """Fold ``model``'s current weights into the average (after an optimizer step)."""
         self.updates += 1
         decay = self.decay_at(self.updates)
-        for name, value in _unwrap(model).state_dict().items():
+        for name, value in unwrap_model(model).state_dict().items():
             average = self.state.get(name)
             if average is None or average.shape != value.shape:
                 raise KeyError(
@@ -101,13 +97,13 @@ class ModelEMA:
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Load the average into ``model`` (its raw weights are overwritten)."""
-        _unwrap(model).load_state_dict(self.state)
+        unwrap_model(model).load_state_dict(self.state)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[nn.Module]:
         """Context in which ``model`` holds the average; its own weights come back on exit
         (also on an exception)."""
-        inner = _unwrap(model)
+        inner = unwrap_model(model)
         raw = {k: v.detach().clone() for k, v in inner.state_dict().items()}
         self.copy_to(model)
         try:

@@ -22,9 +22,16 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 import segtron.utils.comm as comm
 from segtron.utils.events import EventStorage, get_event_storage
 
-__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer"]
+__all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module a trainer's ``model`` wraps (``DistributedDataParallel`` / ``DataParallel``:
+    its ``.module``), else ``model`` itself: where attributes such as a flag a hook sets
+    live."""
+    return getattr(model, "module", model)
 
 
 class HookBase:

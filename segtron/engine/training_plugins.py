@@ -69,7 +69,9 @@ def build_registered_hooks(cfg, trainer) -> List[HookBase]:
     hooks: List[HookBase] = []
     for name in cfg.SOLVER.HOOKS:
         built = _lookup(HOOK_REGISTRY, name, "SOLVER.HOOKS")(cfg, trainer)
-        for hook in [] if built is None else built if isinstance(built, (list, tuple)) else [built]:
+        if built is None:
+            continue
+        for hook in built if isinstance(built, (list, tuple)) else [built]:
             if not isinstance(hook, HookBase):
                 raise TypeError(
                     f"SOLVER.HOOKS: '{name}' returned {type(hook).__name__}, not a HookBase; "
