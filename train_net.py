@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import sys
+from datetime import timedelta
 from typing import Any, Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -173,7 +174,8 @@ def build_config(args) -> CfgNode:
         if callable(add_config):
             add_config(cfg)
     if args.config_file:
-        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_file(args.config_file,
+                            allow_unsafe=bool(getattr(args, "allow_unsafe_yaml", False)))
     cfg.merge_from_list(list(args.opts or []))
     return cfg
 
@@ -241,6 +243,7 @@ def invoke_main(argv: Optional[List[str]] = None) -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        timeout=timedelta(minutes=args.dist_timeout),
         backend=backend,
     )
 

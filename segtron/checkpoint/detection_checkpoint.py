@@ -21,7 +21,7 @@ and both shapes. Saving is atomic: a crash mid-write never leaves a truncated ch
 
 import logging
 import os
-import pickle
+import shutil
 from collections import defaultdict
 from typing import Any, Callable, Dict, IO, List, Optional, Sequence
 from urllib.parse import parse_qs, urlparse
@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import segtron.utils.comm as comm
 from segtron.utils.file_io import PathManager
+from segtron.utils.safe_unpickling import UnreadableFileError, load_pickle, torch_load
 
 from .c2_model_loading import align_and_update_state_dicts
 from .torchvision_model_loading import (
@@ -67,6 +68,10 @@ class DetectionCheckpointer(Checkpointer):
         save_dir: directory where ``save`` writes ``<name>.pth`` and ``last_checkpoint``.
         save_to_disk: write files at all; defaults to ``comm.is_main_process()``, so only
             rank 0 writes in distributed training.
+        allow_unsafe_unpickling: load files whose pickle names globals other than tensors,
+            numpy arrays and plain containers (which can run arbitrary code). Default None:
+            refused unless ``SEGTRON_ALLOW_UNSAFE_UNPICKLING=1`` is set; see
+            ``segtron.utils.safe_unpickling``.
         **checkpointables: other objects with ``state_dict()``/``load_state_dict()`` saved
             along (``optimizer=..., scheduler=...``).
     """
@@ -77,8 +82,10 @@ class DetectionCheckpointer(Checkpointer):
         save_dir: str = "",
         *,
         save_to_disk: Optional[bool] = None,
+        allow_unsafe_unpickling: Optional[bool] = None,
         **checkpointables: Any,
     ) -> None:
+        self._allow_unsafe_unpickling = allow_unsafe_unpickling
         self._wrapped_in_ddp = isinstance(model, DistributedDataParallel)
         super().__init__(
             model,
@@ -142,6 +149,52 @@ class DetectionCheckpointer(Checkpointer):
             _broadcast_module_state(self.model)
         return result
 
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Resume from the newest checkpoint of ``save_dir`` (``resume`` and one exists), else
+        load only the model from ``path``. Returns what ``load`` returns.
+
+        Unlike fvcore, a checkpoint named by ``last_checkpoint`` that is missing, truncated or
+        corrupt does not end the run: the other ``.pth`` files of ``save_dir`` are tried,
+        newest first, and the one resumed from is logged with the reason. Raises
+        ``FileNotFoundError`` when none of them can be read, listing each and why.
+        """
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        failures: List[str] = []
+        for candidate in self._resume_candidates():
+            try:
+                if not self.path_manager.exists(candidate):
+                    raise FileNotFoundError(
+                        "named by last_checkpoint, but the file does not exist (deleted or "
+                        "moved?)"
+                    )
+                result = self.load(candidate)
+            except (UnreadableFileError, FileNotFoundError) as e:
+                failures.append(f"  {candidate}: {e}")
+                self.logger.warning("Cannot resume from %s: %s", candidate, e)
+                continue
+            if failures:
+                self.logger.warning(
+                    "Resumed from %s, the newest readable checkpoint of %s, instead of the one "
+                    "named by last_checkpoint; iterations after it are trained again.",
+                    candidate, self.save_dir,
+                )
+            return result
+        raise FileNotFoundError(
+            f"Cannot resume: no checkpoint in {self.save_dir} can be read:\n"
+            + "\n".join(failures)
+            + f"\nTo start from MODEL.WEIGHTS instead, delete "
+            f"{os.path.join(self.save_dir, 'last_checkpoint')} or run without --resume."
+        )
+
+    def _resume_candidates(self) -> List[str]:
+        """The file named by ``last_checkpoint``, then the other ``.pth`` files of
+        ``save_dir``, newest (modification time) first."""
+        named = self.get_checkpoint_file()
+        others = [f for f in self.get_all_checkpoint_files() if f != named]
+        others.sort(key=_modification_time, reverse=True)
+        return ([named] if named else []) + others
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
         """Read ``filename`` into ``{"model": weights, ...}`` plus loading hints.
 
@@ -177,7 +230,8 @@ class DetectionCheckpointer(Checkpointer):
 
     def _load_pkl(self, filename: str) -> Dict[str, Any]:
         with self.path_manager.open(filename, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+            data = load_pickle(f, filename, allow_unsafe=self._allow_unsafe_unpickling,
+                               what="checkpoint")
         if not isinstance(data, dict):
             raise ValueError(f"{filename} holds a {type(data).__name__}, not a dict of weights.")
         if "model" in data and "__author__" in data:
@@ -194,7 +248,7 @@ class DetectionCheckpointer(Checkpointer):
 
     def _load_pycls(self, filename: str) -> Dict[str, Any]:
         with self.path_manager.open(filename, "rb") as f:
-            data = _torch_load_trusted(f, filename, self.logger)
+            data = torch_load(f, filename, allow_unsafe=self._allow_unsafe_unpickling)
         if not isinstance(data, dict) or "model_state" not in data:
             raise ValueError(f"Cannot load {filename}: a pycls .pyth file must hold 'model_state'.")
         weights = {
@@ -205,7 +259,7 @@ class DetectionCheckpointer(Checkpointer):
     def _torch_load(self, filename: str) -> Any:
         """``torch.load`` a local file to CPU."""
         with open(filename, "rb") as f:
-            return _torch_load_trusted(f, filename, self.logger)
+            return torch_load(f, filename, allow_unsafe=self._allow_unsafe_unpickling)
 
     def _from_torchvision(self, loaded: Dict[str, Any], filename: str) -> Dict[str, Any]:
         model_has_counters = any(
@@ -289,7 +343,10 @@ class DetectionCheckpointer(Checkpointer):
 
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        self._atomic_write(save_file, "wb", lambda f: torch.save(data, f))
+        try:
+            self._atomic_write(save_file, "wb", lambda f: torch.save(data, f))
+        except (OSError, RuntimeError) as e:
+            raise OSError(_write_failure_message(save_file, e)) from e
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -325,21 +382,27 @@ class DetectionCheckpointer(Checkpointer):
             raise
 
 
-def _torch_load_trusted(f: IO[bytes], filename: str, logger: logging.Logger) -> Any:
-    """``torch.load`` to CPU; tensors-only first, full unpickling for older checkpoints.
-
-    Checkpoints that hold more than tensors and plain containers (numpy arrays, custom classes)
-    need full unpickling; like ``.pkl`` model-zoo files, only load checkpoints you trust.
-    """
+def _modification_time(path: str) -> float:
     try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning(
-            "Checkpoint %s holds objects other than tensors; loading it with full unpickling. "
-            "Only load checkpoints from sources you trust.", filename,
-        )
-        f.seek(0)
-        return torch.load(f, map_location="cpu", weights_only=False)
+        return os.path.getmtime(path)
+    except OSError:
+        return float("-inf")
+
+
+def _write_failure_message(save_file: str, error: BaseException) -> str:
+    """Why writing ``save_file`` failed and what to do, with the free space of its disk."""
+    directory = os.path.dirname(save_file) or "."
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    first_line = (str(error).strip().splitlines() or ["no details"])[0]
+    return (
+        f"Could not write checkpoint {save_file} ({type(error).__name__}: {first_line}); "
+        f"{directory} has {free}. Free some space (e.g. delete old model_*.pth files) or set "
+        "OUTPUT_DIR to a disk with room, then rerun with --resume: the checkpoints written "
+        "before are intact and last_checkpoint still names the newest of them."
+    )
 
 
 def _broadcast_module_state(model: nn.Module) -> None:

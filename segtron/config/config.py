@@ -60,8 +60,13 @@ class CfgNode(_FvcoreCfgNode):
         _merge_plain_dicts(loaded, merged)
         return merged
 
-    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = True) -> None:
-        """Merge a YAML file (and its ``_BASE_`` chain) into this config, checking every key."""
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        """Merge a YAML file (and its ``_BASE_`` chain) into this config, checking every key.
+
+        Files are read with ``yaml.safe_load``: a Python tag (``!!python/...``, which runs
+        code while loading) fails with a ValueError naming the file, line and tag, unless
+        ``allow_unsafe=True`` (Detectron2's default; an explicit opt-in here).
+        """
         loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
         version = loaded.get("VERSION", _LATEST_VERSION)
         if "VERSION" in self and version != self.VERSION:
@@ -113,17 +118,32 @@ class CfgNode(_FvcoreCfgNode):
 
 
 def _read_yaml(cls, filename: str, allow_unsafe: bool):
+    """The YAML document of ``filename``: ``yaml.safe_load``; a tag that needs Python objects
+    (``!!python/...``) fails naming the file, line and tag unless ``allow_unsafe``."""
     with cls._open_cfg(filename) as f:
         try:
             return yaml.safe_load(f)
-        except yaml.constructor.ConstructorError:
+        except yaml.constructor.ConstructorError as e:
             if not allow_unsafe:
-                raise
+                raise ValueError(_unsafe_tag_message(filename, e)) from None
     logging.getLogger(__name__).warning(
-        "Loading config %s with yaml.unsafe_load; only do this for files you trust.", filename
+        "Loading config %s with yaml.unsafe_load (allow_unsafe=True): its Python tags run "
+        "code; only do this for files you trust.", filename
     )
     with cls._open_cfg(filename) as f:
         return yaml.unsafe_load(f)
+
+
+def _unsafe_tag_message(filename: str, error: "yaml.constructor.ConstructorError") -> str:
+    mark = error.problem_mark
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return (
+        f"Config file {filename}{where}: {error.problem}. segtron reads configs with "
+        "yaml.safe_load, and Detectron2 configs never need Python tags such as "
+        "'!!python/object/apply:...', which run code when the file is loaded. Remove the tag; "
+        "if you trust the file, load it with cfg.merge_from_file(path, allow_unsafe=True) "
+        "(train_net.py: --allow-unsafe-yaml)."
+    )
 
 
 def _merge_plain_dicts(src: Dict[str, Any], dst: Dict[str, Any]) -> None:

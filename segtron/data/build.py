@@ -2,7 +2,6 @@
 
 import itertools
 import logging
-import pickle
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -15,6 +14,7 @@ from segtron.structures import BoxMode
 from segtron.utils import comm
 from segtron.utils.env import seed_all_rng
 from segtron.utils.file_io import PathManager
+from segtron.utils.safe_unpickling import load_pickle
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
@@ -26,6 +26,7 @@ from .samplers import (
     RepeatFactorTrainingSampler,
     TrainingSampler,
 )
+from .train_data_checks import check_annotation_fields, check_num_classes
 
 __all__ = [
     "build_batch_data_loader",
@@ -89,7 +90,7 @@ def load_proposals_into_dataset(dataset_dicts: List[Dict], proposal_file: str) -
     """
     logger.info("Loading proposals from: %s", proposal_file)
     with PathManager.open(proposal_file, "rb") as f:
-        proposals = pickle.load(f, encoding="latin1")
+        proposals = load_pickle(f, proposal_file, what="proposal file")
     for old, new in (("indexes", "ids"), ("scores", "objectness_logits")):
         if old in proposals and new not in proposals:
             proposals[new] = proposals.pop(old)
@@ -346,6 +347,9 @@ def _train_loader_from_config(cfg, mapper=None, *, dataset=None, sampler=None) -
             ),
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
+        if isinstance(dataset, list):
+            check_annotation_fields(cfg, cfg.DATASETS.TRAIN, dataset)
+    check_num_classes(cfg, cfg.DATASETS.TRAIN)
     if mapper is None:
         mapper = DatasetMapper(cfg, True)
 
@@ -402,7 +406,11 @@ def build_detection_train_loader(
     From a config: ``build_detection_train_loader(cfg, mapper=None)`` loads
     ``DATASETS.TRAIN`` (filtered per ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), maps with
     ``DatasetMapper(cfg, True)``, samples with ``DATALOADER.SAMPLER_TRAIN`` and batches
-    ``SOLVER.IMS_PER_BATCH`` images over all processes.
+    ``SOLVER.IMS_PER_BATCH`` images over all processes. It first checks the data against the
+    model (segtron addition, ``train_data_checks``): each dataset's class count against the
+    model's ``NUM_CLASSES`` (a dataset with more classes is a ValueError, with fewer a
+    warning) and, for the dicts it loads, a ``segmentation`` / ``keypoints`` on every instance
+    with ``MODEL.MASK_ON`` / ``MODEL.KEYPOINT_ON``.
 
     Args:
         dataset: list of dataset dicts or a torch Dataset (map-style or iterable).

@@ -21,13 +21,17 @@ logger = logging.getLogger(__name__)
 class DatasetMapper:
     """Map a dataset dict (Detectron2's standard format) to model input.
 
-    Steps: read ``file_name`` in ``image_format`` and check its size against the dict; read
+    Steps: in training, check the annotations (finite boxes; a ``segmentation`` / ``keypoints``
+    on every instance when masks / keypoints are used: ``check_instance_annotations``, a
+    segtron addition that fails with the file name where Detectron2 fails deep in the model);
+    read ``file_name`` in ``image_format`` and check its size against the dict; read
     ``sem_seg_file_name`` (if any) as a single-channel label map; apply the augmentations to
     both (with the non-crowd annotations' boxes, XYXY_ABS, as ``AugInput.boxes``, so
     box-aware augmentations such as ``MinIoURandomCrop`` work; segtron addition: Detectron2's
     mapper passes no boxes); convert the image to a uint8 CHW tensor; transform precomputed
-    proposals (if ``precomputed_proposal_topk``); in training, transform the non-crowd annotations and turn
-    them into ``Instances``, dropping empty ones. In test mode annotations are removed.
+    proposals (if ``precomputed_proposal_topk``); in training, transform the non-crowd
+    annotations and turn them into ``Instances``, dropping empty ones. In test mode annotations
+    are removed.
 
     Output dict: the input's fields (``file_name``, ``image_id``, ``height``, ``width`` are the
     ORIGINAL size, used to rescale predictions) plus ``image`` (uint8 tensor, C x H' x W'),
@@ -139,13 +143,20 @@ class DatasetMapper:
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         """Map one dataset dict as described in the class docstring; returns a new dict."""
         dataset_dict = copy.deepcopy(dataset_dict)
+        if self.is_train and "annotations" in dataset_dict:
+            utils.check_instance_annotations(
+                dataset_dict["annotations"],
+                dataset_dict.get("file_name", "?"),
+                need_masks=self.use_instance_mask,
+                need_keypoints=self.use_keypoint,
+            )
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
 
         sem_seg = None
         if "sem_seg_file_name" in dataset_dict:
             sem_seg_file = dataset_dict.pop("sem_seg_file_name")
-            sem_seg = utils.read_image(sem_seg_file, "L").squeeze(2)
+            sem_seg = utils.read_label_map(sem_seg_file)
             if sem_seg.shape != image.shape[:2]:
                 raise ValueError(
                     f"Label map {sem_seg_file} is {sem_seg.shape[1]}x{sem_seg.shape[0]} (WxH) "

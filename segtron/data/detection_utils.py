@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from PIL import Image
 
 from segtron.structures import (
     BitMasks,
@@ -24,9 +23,16 @@ from segtron.structures import (
     PolygonMasks,
     polygons_to_bitmask,
 )
-from segtron.utils.file_io import PathManager
 
 from . import transforms as T
+from .image_reading import (
+    _INT_MODES,
+    _open_image,
+    _peek_mode,
+    convert_image_to_rgb,
+    convert_PIL_to_numpy,
+    read_image,
+)
 from .catalog import MetadataCatalog
 
 __all__ = [
@@ -34,7 +40,9 @@ __all__ = [
     "convert_image_to_rgb",
     "convert_PIL_to_numpy",
     "read_image",
+    "read_label_map",
     "check_image_size",
+    "check_instance_annotations",
     "transform_proposals",
     "transform_instance_annotations",
     "transform_keypoint_annotations",
@@ -56,121 +64,29 @@ class SizeMismatchError(ValueError):
     """The image read from disk does not have the height/width its dataset dict declares."""
 
 
-# ITU-R BT.601 conversion between RGB in [0, 1] and YUV (rows: Y, U, V and R, G, B).
-_RGB_TO_YUV = np.array(
-    [[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]]
-)
-_YUV_TO_RGB = np.array([[1.0, 0.0, 1.13983], [1.0, -0.39465, -0.58060], [1.0, 2.03211, 0.0]])
+def read_label_map(file_name: str) -> np.ndarray:
+    """Read a semantic-segmentation label image (one class id per pixel) as an HxW uint8 array.
 
-# EXIF tag 0x0112 (Orientation) -> the PIL transpose that brings the pixels upright.
-_EXIF_ORIENTATION_TAG = 0x0112
-_ORIENTATION_TO_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-_SUPPORTED_FORMATS = (None, "BGR", "RGB", "L", "YUV-BT.601")
-
-
-def convert_PIL_to_numpy(image: Image.Image, format: Optional[str]) -> np.ndarray:
-    """Convert a PIL image to a numpy array in the requested channel format.
-
-    Args:
-        image: a PIL image of any mode.
-        format: "BGR", "RGB", "L", "YUV-BT.601", any other PIL mode, or None to keep the image's
-            own mode.
-
-    Returns:
-        HxWxC array: uint8 for "BGR"/"RGB"/"L" (HxWx1 for "L"), float64 YUV for "YUV-BT.601"
-        (Y in [0, 1]); with ``format=None`` whatever shape PIL gives for the image's mode.
-    """
-    if format is not None:
-        pil_mode = "RGB" if format in ("BGR", "YUV-BT.601") else format
-        image = image.convert(pil_mode)
-    array = np.asarray(image)
-    if format == "L":
-        array = array[:, :, None]  # PIL drops the channel axis of single-channel images
-    elif format == "BGR":
-        array = array[:, :, ::-1]
-    elif format == "YUV-BT.601":
-        array = (array / 255.0) @ _RGB_TO_YUV.T
-    return array
-
-
-def convert_image_to_rgb(image: Union[np.ndarray, torch.Tensor], format: str) -> np.ndarray:
-    """Convert an HxWxC image in ``format`` back to RGB for display.
-
-    Args:
-        image: HxWxC numpy array or tensor (as produced by :func:`read_image` with ``format``).
-        format: "BGR", "RGB", "L", "YUV-BT.601" or another PIL mode.
-
-    Returns:
-        HxWx3 RGB array: uint8, except float for "YUV-BT.601" (0..255 scale).
-    """
-    if isinstance(image, torch.Tensor):
-        image = image.cpu().numpy()
-    if format == "BGR":
-        return image[:, :, [2, 1, 0]]
-    if format == "YUV-BT.601":
-        return (image @ _YUV_TO_RGB.T) * 255.0
-    if format == "L":
-        gray = image[:, :, 0] if image.ndim == 3 else image
-        return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
-    if format == "RGB":
-        return image.astype(np.uint8)
-    return np.asarray(Image.fromarray(image.astype(np.uint8)).convert("RGB"))
-
-
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Return ``image`` rotated/flipped upright according to its EXIF orientation tag, if any.
-
-    Without this, a JPEG written by a phone held sideways would be read with its pixels in
-    sensor order and its annotations (made on the upright image) would not line up.
-    """
-    try:
-        exif = image.getexif()
-    except Exception:  # broken EXIF blocks happen in the wild; keep the pixels as stored
-        return image
-    method = _ORIENTATION_TO_TRANSPOSE.get(exif.get(_EXIF_ORIENTATION_TAG)) if exif else None
-    return image.transpose(method) if method is not None else image
-
-
-def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
-    """Read an image file into a numpy array, applying its EXIF orientation.
-
-    Args:
-        file_name: path of the image (local, or any URI ``PathManager`` handles).
-        format: one of "BGR" (the default model input), "RGB", "L", "YUV-BT.601", another PIL
-            mode, or None to keep the file's own mode. See :func:`convert_PIL_to_numpy`.
-
-    Returns:
-        HxWxC array (uint8 except for "YUV-BT.601").
+    8-bit files are read as Detectron2's mapper reads them, ``read_image(file_name, "L")``
+    (so a replaced ``read_image`` serves labels too). A 16-bit file keeps its values, which
+    must be 0..255: class ids are not scaled the way image intensities are, and the label
+    values match what ``SemSegEvaluator`` reads from the same file. (segtron addition.)
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file exists but cannot be decoded as an image.
+        FileNotFoundError / ValueError: as :func:`read_image`; also ValueError naming the file
+            when a 16-bit file holds values above 255.
     """
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            image.load()  # decode now, while the file is open, so corrupt data fails here
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"Image file not found: {file_name}. Check the dataset's 'file_name' entries and the "
-            "image root it was registered with."
-        ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    if _peek_mode(file_name) not in _INT_MODES:
+        return read_image(file_name, "L")[:, :, 0]
+    image = _open_image(file_name)
+    labels = np.asarray(image)
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(
-            f"cannot decode image {file_name}: {e}. The file may be truncated or not an image; "
-            "re-download or remove it from the dataset."
-        ) from e
-    image = _apply_exif_orientation(image)
-    return convert_PIL_to_numpy(image, format)
+            f"Label map {file_name} (PIL mode '{image.mode}') holds values "
+            f"{int(labels.min())}..{int(labels.max())}; semantic labels must be class ids "
+            "0..255 (255 = ignore). Re-save it as an 8-bit PNG with ids in that range."
+        )
+    return labels.astype(np.uint8)
 
 
 def check_image_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
@@ -196,6 +112,57 @@ def check_image_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
             )
     dataset_dict.setdefault("width", actual_wh[0])
     dataset_dict.setdefault("height", actual_wh[1])
+
+
+def _bbox_is_finite(annotation: Dict[str, Any]) -> bool:
+    return bool(np.isfinite(np.asarray(annotation["bbox"], dtype=np.float64)).all())
+
+
+def _describe_annotation(annotation: Dict[str, Any], index: int) -> str:
+    """``annotation #i (id 7, category_id 2, bbox [...])``: enough to find it in the data."""
+    parts = [f"id {annotation['id']}"] if "id" in annotation else []
+    parts += [f"{k} {annotation[k]}" for k in ("category_id", "bbox") if k in annotation]
+    return f"annotation #{index} ({', '.join(parts)})"
+
+
+def check_instance_annotations(
+    annotations: List[Dict[str, Any]],
+    file_name: str,
+    *,
+    need_masks: bool = False,
+    need_keypoints: bool = False,
+) -> None:
+    """Check the non-crowd instance annotations of one image before they are transformed.
+
+    Every box must be finite; with ``need_masks`` (``MODEL.MASK_ON``) every annotation needs a
+    ``segmentation`` and with ``need_keypoints`` (``MODEL.KEYPOINT_ON``) a ``keypoints`` field.
+    Without these checks a NaN box silently disappears (filtered as empty), an infinite one
+    becomes a full-image box, and a box-only dataset fails deep inside the ROI heads.
+    (segtron addition.)
+
+    Raises:
+        ValueError: naming ``file_name``, the annotation (position, id, category, box) and the
+            fix.
+    """
+    for index, anno in enumerate(annotations):
+        if anno.get("iscrowd", 0) != 0:
+            continue
+        where = f"Image {file_name}, {_describe_annotation(anno, index)}"
+        if not _bbox_is_finite(anno):
+            raise ValueError(
+                f"{where}: the box has a NaN or infinite coordinate. Fix or remove this "
+                "annotation in the dataset (load_coco_json drops such boxes with a warning; a "
+                "dataset function returning its own dicts must do the same)."
+            )
+        for needed, key, flag in (
+            (need_masks, "segmentation", "MODEL.MASK_ON"),
+            (need_keypoints, "keypoints", "MODEL.KEYPOINT_ON"),
+        ):
+            if needed and key not in anno:
+                raise ValueError(
+                    f"{where}: has no '{key}', but {flag} is True and needs it for every "
+                    f"instance. Set {flag} False, or add '{key}' to the dataset's annotations."
+                )
 
 
 def transform_proposals(
@@ -254,9 +221,18 @@ def transform_instance_annotations(
         The same dict, with ``bbox`` an XYXY_ABS float array clipped to the image and
         ``bbox_mode`` XYXY_ABS; polygon ``segmentation`` as a list of flat float arrays; an RLE
         ``segmentation`` decoded to an HxW uint8 mask; ``keypoints`` as a Kx3 array.
+
+    Raises:
+        ValueError: the box has a NaN or infinite coordinate.
     """
     if isinstance(transforms, (tuple, list)):
         transforms = T.TransformList(transforms)
+    if not _bbox_is_finite(annotation):
+        raise ValueError(
+            f"Annotation bbox {annotation['bbox']} has a NaN or infinite coordinate; clipping "
+            "would turn it into an empty or a full-image box. Fix or remove the annotation "
+            "(see check_instance_annotations)."
+        )
     height, width = image_size
     box = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
     box = transforms.apply_box(np.array([box], dtype=np.float64))[0]
@@ -367,6 +343,18 @@ def _segm_to_bitmask(segm: Any, image_size: Tuple[int, int]) -> np.ndarray:
     )
 
 
+def _field_of_every_annotation(annos: List[Dict[str, Any]], key: str) -> List[Any]:
+    """``[a[key] for a in annos]``, or ValueError naming the annotations that lack ``key``."""
+    lacking = [i for i, a in enumerate(annos) if key not in a]
+    if lacking:
+        raise ValueError(
+            f"{len(lacking)} of {len(annos)} annotations have no '{key}' while others have "
+            f"(annotations #{', #'.join(str(i) for i in lacking[:5])}). Give every instance a "
+            f"'{key}', or drop the field from all of them."
+        )
+    return [a[key] for a in annos]
+
+
 def annotations_to_instances(
     annos: List[Dict[str, Any]], image_size: Tuple[int, int], mask_format: str = "polygon"
 ) -> Instances:
@@ -391,7 +379,7 @@ def annotations_to_instances(
     target.gt_classes = torch.tensor([int(a["category_id"]) for a in annos], dtype=torch.int64)
 
     if annos and "segmentation" in annos[0]:
-        segms = [a["segmentation"] for a in annos]
+        segms = _field_of_every_annotation(annos, "segmentation")
         if mask_format == "polygon":
             try:
                 target.gt_masks = PolygonMasks(segms)
@@ -411,7 +399,16 @@ def annotations_to_instances(
             )
 
     if annos and "keypoints" in annos[0]:
-        kps = [np.asarray(a.get("keypoints", []), dtype=np.float32).reshape(-1, 3) for a in annos]
+        kps = [
+            np.asarray(k, dtype=np.float32).reshape(-1, 3)
+            for k in _field_of_every_annotation(annos, "keypoints")
+        ]
+        if len({len(k) for k in kps}) > 1:
+            raise ValueError(
+                "Annotations of one image have different numbers of keypoints "
+                f"({sorted({len(k) for k in kps})}); every instance needs all K keypoints "
+                "(use visibility 0 for the ones not labelled)."
+            )
         target.gt_keypoints = Keypoints(np.stack(kps))
     return target
 

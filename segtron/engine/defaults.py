@@ -14,7 +14,6 @@ they do not cover.
 import argparse
 import logging
 import os
-import sys
 import weakref
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
@@ -46,6 +45,7 @@ from segtron.utils.file_io import PathManager
 from segtron.utils.logger import setup_logger
 
 from . import hooks
+from .argument_parser import default_argument_parser
 from .model_ema import ModelEMAHook, build_model_ema
 from .predictor import DefaultPredictor
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
@@ -61,87 +61,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _default_dist_port() -> int:
-    """Detectron2's deterministic per-user port: 2**15 + 2**14 + hash(uid) % 2**14.
-
-    A fixed port per user makes an orphan process from an earlier multi-GPU run visible (the
-    next run fails to bind) instead of silently coexisting with it.
-    """
-    uid = os.getuid() if sys.platform != "win32" else 1
-    return 2**15 + 2**14 + hash(uid) % 2**14
-
-
-def _default_epilog(prog: str) -> str:
-    return f"""
-Examples:
-
-Train on one machine, in one process (CPU or one GPU):
-    $ {prog} --config-file cfg.yaml
-
-Train on the 8 GPUs of one machine:
-    $ {prog} --num-gpus 8 --config-file cfg.yaml
-
-Override config keys (KEY VALUE pairs after the flags):
-    $ {prog} --config-file cfg.yaml MODEL.WEIGHTS /path/to/weight.pth SOLVER.BASE_LR 0.001
-
-Evaluate a trained model:
-    $ {prog} --config-file cfg.yaml --eval-only MODEL.WEIGHTS /path/to/model_final.pth
-
-Train on two machines (run one command on each; URL = tcp://<IP of machine 0>:<free port>):
-    (machine0)$ {prog} --machine-rank 0 --num-machines 2 --dist-url <URL> [--other-flags]
-    (machine1)$ {prog} --machine-rank 1 --num-machines 2 --dist-url <URL> [--other-flags]
-"""
-
-
-def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
-    """The argument parser of ``train_net.py`` with Detectron2's flags.
-
-    Flags: ``--config-file FILE``, ``--resume``, ``--eval-only``, ``--num-gpus`` (processes per
-    machine), ``--num-machines``, ``--machine-rank``, ``--dist-url`` (default
-    ``tcp://127.0.0.1:<port derived from the user id>``), and the trailing ``opts``: config
-    overrides as ``KEY VALUE`` pairs.
-
-    Args:
-        epilog: text shown at the end of ``--help``; defaults to usage examples.
-
-    Returns:
-        an ``argparse.ArgumentParser``.
-    """
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train_net.py"
-    parser = argparse.ArgumentParser(
-        epilog=epilog if epilog is not None else _default_epilog(prog),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config-file", default="", metavar="FILE",
-                        help="path to the YAML config file")
-    parser.add_argument("--resume", action="store_true",
-                        help="resume from the last checkpoint in OUTPUT_DIR (model, optimizer, "
-                             "scheduler, iteration) if there is one; otherwise start from "
-                             "MODEL.WEIGHTS. See DefaultTrainer.resume_or_load")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="only evaluate MODEL.WEIGHTS (or, with --resume, the last "
-                             "checkpoint) on DATASETS.TEST")
-    parser.add_argument("--num-gpus", type=int, default=1,
-                        help="number of processes per machine, one per GPU (CPU processes with "
-                             "MODEL.DEVICE cpu)")
-    parser.add_argument("--num-machines", type=int, default=1,
-                        help="total number of machines")
-    parser.add_argument("--machine-rank", type=int, default=0,
-                        help="the rank of this machine (unique per machine, 0 .. "
-                             "num-machines - 1)")
-    parser.add_argument("--dist-url", default=f"tcp://127.0.0.1:{_default_dist_port()}",
-                        help="URL where the processes meet to start torch.distributed; "
-                             "'auto' picks a free local port (single machine only). See "
-                             "https://pytorch.org/docs/stable/distributed.html")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="config overrides at the end of the command, as space-separated "
-                             "KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.01 MODEL.DEVICE cpu")
-    return parser
 
 
 # ----------------------------------------------------------------------------- set-up

@@ -156,7 +156,9 @@ class IterationTimer(HookBase):
 
 class PeriodicWriter(HookBase):
     """Call ``write()`` of each writer every ``period`` iterations and after the last one;
-    write once more and close them after training.
+    write once more and close them after training. Before training, each writer's
+    ``discard_from(start_iter)`` drops what an earlier run wrote for the iterations this run
+    writes again (a resumed run: ``metrics.json`` keeps each iteration once, the newest).
 
     Args:
         writers: ``EventWriter`` instances.
@@ -172,6 +174,10 @@ class PeriodicWriter(HookBase):
                     "segtron.utils.events.EventWriter."
                 )
         self._period = period
+
+    def before_train(self) -> None:
+        for writer in self._writers:
+            writer.discard_from(self.trainer.start_iter)
 
     def after_step(self) -> None:
         it = self.trainer.iter

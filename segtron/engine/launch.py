@@ -51,6 +51,24 @@ def _find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _resolve_dist_url(dist_url: Optional[str], num_machines: int) -> str:
+    """The rendezvous URL to use: ``dist_url`` itself, or for ``"auto"`` / None a free port of
+    127.0.0.1 (one machine only: the other machines could not know the port).
+
+    Raises:
+        ValueError: for ``"auto"`` / None with several machines, saying what to pass instead.
+    """
+    if dist_url not in (None, "auto"):
+        return str(dist_url)
+    if num_machines > 1:
+        raise ValueError(
+            f"dist_url={dist_url!r} picks a free port on this machine, which the other "
+            f"{num_machines - 1} machine(s) cannot know. Pass the same "
+            "--dist-url tcp://<IP of machine 0>:<port> on every machine."
+        )
+    return f"tcp://127.0.0.1:{_find_free_port()}"
+
+
 def _started_by_torchrun() -> bool:
     """True when the environment variables that torchrun sets for each worker are all present."""
     return all(os.environ.get(name) not in (None, "") for name in _TORCHRUN_VARS)
@@ -103,8 +121,9 @@ def launch(
         num_machines: machines taking part; world size = ``num_machines * num_gpus_per_machine``.
         machine_rank: rank of this machine, 0 .. num_machines - 1.
         dist_url: the rendezvous URL of the process group, e.g. ``tcp://10.0.0.1:50152``
-            (the same on every machine), or ``"auto"`` (or None) to use a free port on
-            127.0.0.1, which only works with ``num_machines == 1``.
+            (the same on every machine), or ``"auto"`` (or None) to use a port of 127.0.0.1
+            that is free when the job starts (``train_net.py``'s default), so that two jobs
+            started at once on one machine do not collide; only with ``num_machines == 1``.
         args: positional arguments for ``main_func``.
         timeout: timeout of the process group's collectives.
         backend: "nccl", "gloo" or None (nccl when CUDA is available, else gloo). Pass "gloo"
@@ -133,14 +152,7 @@ def launch(
         main_func(*args)
         return
 
-    if dist_url in (None, "auto"):
-        if num_machines > 1:
-            raise ValueError(
-                f"dist_url={dist_url!r} picks a free port on this machine, which the other "
-                f"{num_machines - 1} machine(s) cannot know. Pass the same "
-                "--dist-url tcp://<IP of machine 0>:<port> on every machine."
-            )
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    dist_url = _resolve_dist_url(dist_url, num_machines)
     if num_machines > 1 and str(dist_url).startswith("file://"):
         logger.warning("file:// is not a reliable init method across machines; prefer tcp://.")
 

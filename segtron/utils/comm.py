@@ -9,6 +9,8 @@ group, created once, when the default backend is NCCL.
 import functools
 import logging
 import os
+import re
+from datetime import timedelta
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -137,15 +139,61 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
             _LOCAL_PROCESS_GROUP = group
 
 
-def synchronize() -> None:
-    """Barrier across all processes; returns at once with a single process."""
+def synchronize(timeout: Optional[timedelta] = None) -> None:
+    """Barrier across all processes; returns at once with a single process.
+
+    On gloo (CPU processes) it is a ``monitored_barrier``: when a rank has not arrived within
+    ``timeout`` (default: the process group's, ``--dist-timeout``), rank 0 logs and raises a
+    RuntimeError naming the late rank(s), and the ranks that did arrive raise pointing to rank
+    0 (late itself, or its log names the late ranks). On NCCL it is a plain barrier on the GPU; a hang there ends at the group's timeout
+    (torch's NCCL watchdog, ``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and
+    ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` reports which rank is missing from a collective.
+    """
     if not _distributed() or dist.get_world_size() == 1:
         return
     if dist.get_backend() == dist.Backend.NCCL:
         # Tell NCCL which device this rank uses, so the barrier does not guess (and hang).
         dist.barrier(device_ids=[torch.cuda.current_device()])
+    elif dist.get_backend() == dist.Backend.GLOO:
+        _monitored_barrier(timeout or _group_timeout())
     else:
         dist.barrier()
+
+
+def _group_timeout() -> timedelta:
+    """The timeout the default process group was created with (torch's default for its
+    backend when this torch does not tell)."""
+    try:
+        return dist.group.WORLD._get_backend(torch.device("cpu")).options._timeout
+    except (AttributeError, RuntimeError):  # private API: absent or changed in this torch
+        return dist.default_pg_timeout
+
+
+def _late_ranks(message: str) -> List[int]:
+    """The ranks a gloo ``monitored_barrier`` error names as not having arrived."""
+    found = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", message)
+    return [int(r) for r in found.group(1).replace(",", " ").split()] if found else []
+
+
+def _monitored_barrier(timeout: timedelta) -> None:
+    """``dist.monitored_barrier`` of all ranks; on failure, log and raise a RuntimeError that
+    says which rank(s) did not arrive (rank 0) or where to find out (other ranks)."""
+    try:
+        dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+    except RuntimeError as err:
+        late = _late_ranks(str(err))
+        if late:
+            what = (f"rank(s) {', '.join(map(str, late))} did not reach comm.synchronize() "
+                    f"within {timeout}: each is stuck or far behind the others; its log "
+                    "(log.txt.rank<r> in OUTPUT_DIR) shows the last thing it did")
+        else:
+            what = (f"rank {get_rank()} reached comm.synchronize() but did not hear from rank 0 "
+                    f"within {timeout}: rank 0 is stuck or late itself, or its log names the "
+                    "rank(s) that did not arrive")
+        message = (f"{what}. Raise --dist-timeout (minutes) if they are only slow. "
+                   f"torch.distributed said: {err}")
+        logger.error(message)
+        raise RuntimeError(message) from err
 
 
 def _get_global_gloo_group():

@@ -5,7 +5,8 @@ Every writer reads the current storage (``get_event_storage()``) in ``write()``,
 called inside ``with EventStorage(...)``; the trainer's ``PeriodicWriter`` hook does this every
 few iterations. The classes are re-exported from ``segtron.utils.events`` as in Detectron2.
 
-* ``JSONWriter``: appends one JSON object per iteration to a file (``metrics.json``).
+* ``JSONWriter``: appends one JSON object per iteration to a file (``metrics.json``); a run
+  that resumes at iteration k first drops the rows of k and later, which it writes again.
 * ``TensorboardXWriter``: scalars, images and histograms through
   ``torch.utils.tensorboard.SummaryWriter``.
 * ``CommonMetricPrinter``: Detectron2's console line (ETA, iteration, losses, timing, lr,
@@ -18,13 +19,15 @@ import logging
 import os
 import time
 from collections import defaultdict
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from segtron.utils.file_io import PathManager
 
 __all__ = ["EventWriter", "JSONWriter", "TensorboardXWriter", "CommonMetricPrinter"]
+
+logger = logging.getLogger(__name__)
 
 
 def _current_storage():
@@ -65,6 +68,54 @@ class EventWriter:
     def close(self) -> None:
         """Release resources; the default does nothing."""
 
+    def discard_from(self, iteration: int) -> None:
+        """Forget what was written for ``iteration`` and later, which the run about to start
+        there writes again (``PeriodicWriter`` calls it before training); the default does
+        nothing."""
+
+
+def _split_rows(text: str, first_dropped: int) -> Tuple[List[str], int, int]:
+    """Split the JSON lines of ``text`` into those to keep, the number of rows of iteration
+    ``first_dropped`` or later, and the number of unreadable lines (a line cut short when the
+    writing process was killed)."""
+    kept: List[str] = []
+    dropped = unreadable = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            unreadable += 1
+            continue
+        row_iteration = row.get("iteration") if isinstance(row, dict) else None
+        if isinstance(row_iteration, int) and row_iteration >= first_dropped:
+            dropped += 1
+            continue
+        kept.append(line)
+    return kept, dropped, unreadable
+
+
+def _replace_file(path: str, lines: List[str]) -> None:
+    """Make ``path`` hold ``lines`` (one per line) all at once: a local file is written to a
+    temporary file beside it, synced and renamed over it, so a crash leaves either the old or
+    the new content; other ``PathManager`` paths are rewritten in place."""
+    text = "".join(line + "\n" for line in lines)
+    if "://" in path:
+        with PathManager.open(path, "w") as f:
+            f.write(text)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
 
 class JSONWriter(EventWriter):
     """Append scalars to a file as JSON lines, one object per iteration.
@@ -75,15 +126,39 @@ class JSONWriter(EventWriter):
 
         [json.loads(line) for line in open("metrics.json")]
 
+    A run that resumes at iteration k after a crash wrote rows up to its last write, past its
+    last checkpoint; ``discard_from(k)`` (called by ``PeriodicWriter`` before training) drops
+    the rows of k and later, so each iteration appears once, with the resumed run's values.
+
     Args:
         json_file: path of the file; opened for appending (any ``PathManager`` path).
         window_size: number of values to smooth over.
     """
 
     def __init__(self, json_file: str, window_size: int = 20) -> None:
+        self._json_file = json_file
         self._file_handle = PathManager.open(json_file, "a")
         self._window_size = window_size
         self._last_write = -1
+
+    def discard_from(self, iteration: int) -> None:
+        """Remove the rows of ``iteration`` and later (and lines cut short by a crash) from the
+        file, replacing it atomically; logs how many rows were dropped."""
+        self._file_handle.flush()
+        with PathManager.open(self._json_file, "r") as f:
+            text = f.read()
+        kept, dropped, unreadable = _split_rows(text, iteration)
+        self._last_write = min(self._last_write, iteration - 1)
+        if not dropped and not unreadable and (not text or text.endswith("\n")):
+            return
+        self._file_handle.close()
+        _replace_file(self._json_file, kept)
+        self._file_handle = PathManager.open(self._json_file, "a")
+        cut_short = f" and {unreadable} line(s) cut short by a crash" if unreadable else ""
+        logger.warning(
+            "%s: dropped %d row(s) of iterations >= %d%s, written by an earlier run; this run "
+            "starts at iteration %d and writes them again.", self._json_file, dropped, iteration,
+            cut_short, iteration)
 
     def write(self) -> None:
         """Append one line per iteration that has scalars newer than the last write."""

@@ -235,3 +235,80 @@ def test_test_loader(tiny_dataset, monkeypatch):
     assert isinstance(loader.sampler, InferenceSampler)
     assert [b for b in loader] == [[3, 4]]
     assert trivial_batch_collator([1, 2]) == [1, 2]
+
+
+# ----------------------------------------------------------------------------- data vs model
+
+
+def test_fewer_model_classes_than_dataset_classes_is_an_error(tiny_dataset):
+    cfg = _small_cfg(tiny_dataset)  # thing_classes ['a', 'b']
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+    with pytest.raises(ValueError) as e:
+        build_detection_train_loader(cfg)
+    msg = str(e.value)
+    assert "'_tiny_train'" in msg and "2 thing_classes" in msg
+    assert "MODEL.ROI_HEADS.NUM_CLASSES is 1" in msg and "NUM_CLASSES 2" in msg
+
+
+def test_more_model_classes_than_dataset_classes_is_a_warning(tiny_dataset, caplog):
+    cfg = _small_cfg(tiny_dataset)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 7
+    with caplog.at_level(logging.WARNING):
+        build_detection_train_loader(cfg)
+    lines = [r.getMessage() for r in caplog.records if "never trained" in r.getMessage()]
+    assert len(lines) == 1
+    assert "'_tiny_train' has 2 thing_classes" in lines[0] and "NUM_CLASSES is 7" in lines[0]
+
+
+@pytest.mark.parametrize("arch,key", [("RetinaNet", "RETINANET"), ("FCOS", "FCOS")])
+def test_one_stage_detectors_check_their_own_num_classes(tiny_dataset, arch, key):
+    cfg = _small_cfg(tiny_dataset)
+    cfg.MODEL.META_ARCHITECTURE = arch
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1  # not read by this model
+    cfg.MODEL[key].NUM_CLASSES = 2
+    build_detection_train_loader(cfg)
+    cfg.MODEL[key].NUM_CLASSES = 1
+    with pytest.raises(ValueError, match=f"MODEL.{key}.NUM_CLASSES is 1"):
+        build_detection_train_loader(cfg)
+
+
+def test_semantic_segmentation_checks_stuff_classes(tmp_path):
+    image = tmp_path / "im.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "lab.png")
+    name = "_tiny_stuff"
+    DatasetCatalog.register(name, lambda: [{"file_name": str(image), "height": 8, "width": 8,
+                                            "sem_seg_file_name": str(tmp_path / "lab.png")}])
+    MetadataCatalog.get(name).set(stuff_classes=["sky", "road", "grass"])
+    try:
+        cfg = _small_cfg(name)
+        cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
+        with pytest.raises(ValueError, match=r"'_tiny_stuff' has 3 stuff_classes.*"
+                                             r"MODEL.SEM_SEG_HEAD.NUM_CLASSES is 2"):
+            build_detection_train_loader(cfg)
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
+        build_detection_train_loader(cfg)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_mask_on_with_a_box_only_dataset_fails_when_the_loader_is_built(tmp_path):
+    dicts = _dicts(tmp_path, 4)
+    for d in dicts[1:3]:
+        del d["annotations"][0]["segmentation"]
+    name = "_tiny_boxes"
+    DatasetCatalog.register(name, lambda: dicts)
+    try:
+        cfg = _small_cfg(name)
+        cfg.MODEL.MASK_ON = True
+        with pytest.raises(ValueError) as e:
+            build_detection_train_loader(cfg)
+        msg = str(e.value)
+        assert "MODEL.MASK_ON is True but 2 instance annotations" in msg and "'_tiny_boxes'" in msg
+        assert "im1.png" in msg and "Set MODEL.MASK_ON False" in msg
+        cfg.MODEL.MASK_ON = False
+        build_detection_train_loader(cfg)
+    finally:
+        DatasetCatalog.remove(name)

@@ -181,6 +181,36 @@ def test_empty_and_negative_boxes_dropped_and_counted(tmp_path, caplog):
     assert json_file in lines[0]
 
 
+def test_non_finite_boxes_dropped_and_counted(tmp_path, caplog):
+    """json NaN / Infinity (which Python's json module reads) must not reach the mapper."""
+    anns = [
+        _ann(41, 1, 1, bbox=(float("nan"), 0, 5, 5)),
+        _ann(42, 1, 1, bbox=(0, 0, float("inf"), 5)),
+        _ann(43, 1, 1, bbox=(0, 0, 5, float("-inf"))),
+        _ann(44, 1, 1, bbox=(1, 1, 5, 5)),
+    ]
+    json_file, root = _corpus(tmp_path, [_image(1)], anns)
+    assert "NaN" in open(json_file).read() and "Infinity" in open(json_file).read()
+    with caplog.at_level(logging.INFO):
+        dicts = load_coco_json(json_file, root)
+    assert [a["bbox"] for a in dicts[0]["annotations"]] == [[1, 1, 5, 5]]
+    lines = [r.getMessage() for r in caplog.records if "NaN or infinite" in r.getMessage()]
+    assert len(lines) == 1 and json_file in lines[0]
+    assert "3 annotation(s)" in lines[0] and all(str(i) in lines[0] for i in (41, 42, 43))
+    assert not any("width or height <= 0" in r.getMessage() for r in caplog.records)
+    assert any("1 annotations kept" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, 3], ["1", 2, 3, 4], "1 2 3 4", [1, 2, None, 4]])
+def test_malformed_bbox_is_an_error(tmp_path, bbox):
+    bad = _ann(58, 1, 1)
+    bad["bbox"] = bbox
+    json_file, root = _corpus(tmp_path, [_image(1)], [_ann(1, 1, 1), bad])
+    with pytest.raises(ValueError, match="malformed 'bbox'") as e:
+        load_coco_json(json_file, root)
+    assert "58" in str(e.value) and json_file in str(e.value)
+
+
 def test_short_polygons_removed_and_counted(tmp_path, caplog):
     good = [0.0, 0.0, 6.0, 0.0, 6.0, 6.0]
     two_points = [0.0, 0.0, 5.0, 5.0]
@@ -200,6 +230,33 @@ def test_short_polygons_removed_and_counted(tmp_path, caplog):
     assert "21" in dropped[0] and "23" in dropped[0]
     removed = [m for m in msgs if "polygons with < 3 points" in m]
     assert len(removed) == 1 and "3 annotation(s)" in removed[0]
+
+
+def test_boxes_and_polygons_outside_the_image_dropped_and_counted(tmp_path, caplog):
+    """The image is W x H = 32 x 24; such instances would vanish in the mapper otherwise."""
+    inside = [2.0, 2.0, 10.0, 2.0, 10.0, 9.0]
+    right_of_image = [40.0, 2.0, 50.0, 2.0, 50.0, 9.0]
+    anns = [
+        _ann(61, 1, 1, bbox=(32, 0, 5, 5)),  # starts at the right edge
+        _ann(62, 1, 1, bbox=(-9, 0, 9, 5)),  # ends at the left edge
+        _ann(63, 1, 1, bbox=(0, 30, 5, 5)),  # below the image
+        _ann(64, 1, 1, segmentation=[right_of_image]),
+        _ann(65, 1, 1, bbox=(28, 20, 10, 10), segmentation=[inside, right_of_image]),
+        _ann(66, 1, 1, segmentation=[[2.0, float("nan"), 10.0, 2.0, 10.0, 9.0], inside]),
+    ]
+    json_file, root = _corpus(tmp_path, [_image(1)], anns)
+    with caplog.at_level(logging.WARNING):
+        dicts = load_coco_json(json_file, root)
+    kept = dicts[0]["annotations"]
+    assert [a["segmentation"] for a in kept] == [[inside, right_of_image], [inside]]
+    msgs = [r.getMessage() for r in caplog.records]
+    boxes = [m for m in msgs if "box entirely outside" in m]
+    assert len(boxes) == 1 and "3 annotation(s)" in boxes[0]
+    assert all(str(i) in boxes[0] for i in (61, 62, 63))
+    polys = [m for m in msgs if "polygons lie entirely outside" in m]
+    assert len(polys) == 1 and "1 annotation(s)" in polys[0] and "64" in polys[0]
+    removed = [m for m in msgs if "NaN/infinite coordinate removed" in m]
+    assert len(removed) == 1 and "1 annotation(s)" in removed[0] and "66" in removed[0]
 
 
 def test_ignore_annotations_skipped_and_counted(tmp_path, caplog):

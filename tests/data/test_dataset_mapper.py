@@ -210,3 +210,49 @@ def test_min_iou_random_crop_runs_in_the_stock_mapper(tmp_path):
         boxes = out["instances"].gt_boxes.tensor
         assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
     assert cropped > 0
+
+
+# ----------------------------------------------------------------------------- bad annotations
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_mapper_non_finite_box_fails_naming_the_file(tmp_path, value):
+    """Not silently dropped (NaN) or turned into a full-width box (Infinity)."""
+    record = _make_record(tmp_path, "nanbox", 40, 50)
+    record["annotations"][1]["bbox"][2] = value
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR")
+    with pytest.raises(ValueError, match=r"nanbox\.png.*annotation #1.*NaN or infinite"):
+        mapper(record)
+    mapper = DatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+    assert "instances" not in mapper(record)  # inference does not use the annotations
+
+
+def test_mapper_mask_on_with_a_box_only_annotation(tmp_path):
+    record = _make_record(tmp_path, "boxonly", 40, 50)
+    del record["annotations"][0]["segmentation"]
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR",
+                           use_instance_mask=True)
+    with pytest.raises(ValueError, match=r"boxonly\.png.*annotation #0.*'segmentation'.*"
+                                         r"MODEL\.MASK_ON False"):
+        mapper(record)
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR")
+    assert len(mapper(record)["instances"]) == 2  # boxes alone are fine without masks
+
+
+def test_mapper_keypoints_on_without_keypoints(tmp_path):
+    record = _make_record(tmp_path, "nokps", 40, 50)
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format="BGR",
+                           use_keypoint=True)
+    with pytest.raises(ValueError, match=r"nokps\.png.*'keypoints'.*MODEL\.KEYPOINT_ON False"):
+        mapper(record)
+
+
+def test_mapper_reads_16bit_label_map_as_class_ids(tmp_path):
+    import cv2
+
+    record = _make_record(tmp_path, "deeplabels", 20, 30, with_sem_seg=True)
+    labels = np.zeros((20, 30), dtype=np.uint16)
+    labels[5:10, 5:10] = 4
+    assert cv2.imwrite(record["sem_seg_file_name"], labels)
+    out = DatasetMapper(is_train=False, augmentations=[], image_format="BGR")(record)
+    assert out["sem_seg"][5:10, 5:10].eq(4).all() and int(out["sem_seg"].sum()) == 4 * 25

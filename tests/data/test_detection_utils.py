@@ -283,3 +283,92 @@ def test_build_augmentation():
     image = np.zeros((50, 80, 3), dtype=np.uint8)
     tfm = T.AugmentationList(test)(T.AugInput(image))
     assert tfm.apply_image(image).shape[:2] == (800, 1280)
+
+
+# ----------------------------------------------------------------------------- unusual images
+
+
+def test_read_16bit_gray_png_keeps_the_top_byte(tmp_path):
+    """A 16-bit grayscale PNG is read as value >> 8 in every format (Pillow alone would clip
+    every value above 255 to 255)."""
+    import cv2
+
+    path = str(tmp_path / "deep.png")
+    raw = np.array([[0, 255, 256, 65535], [0x1234, 0x8000, 511, 1000]], dtype=np.uint16)
+    assert cv2.imwrite(path, raw)
+    expected = np.array([[0, 0, 1, 255], [0x12, 0x80, 1, 3]], dtype=np.uint8)
+    gray = utils.read_image(path, "L")
+    assert gray.dtype == np.uint8 and gray.shape == (2, 4, 1)
+    np.testing.assert_array_equal(gray[:, :, 0], expected)
+    for fmt in ("BGR", "RGB"):
+        color = utils.read_image(path, fmt)
+        assert color.dtype == np.uint8 and color.shape == (2, 4, 3)
+        for c in range(3):
+            np.testing.assert_array_equal(color[:, :, c], expected)
+    assert utils.read_image(path).dtype == np.uint16  # format=None: the file's own data
+
+
+def test_read_rgba_png_drops_alpha(tmp_path):
+    rgba = np.zeros((3, 5, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 100, 50
+    rgba[..., 3] = [[0], [128], [255]]  # alpha must not blend into the colours
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    bgr = utils.read_image(str(path), "BGR")
+    assert bgr.shape == (3, 5, 3)
+    assert (bgr[..., 0] == 50).all() and (bgr[..., 1] == 100).all() and (bgr[..., 2] == 200).all()
+    assert (utils.read_image(str(path), "RGB")[..., 0] == 200).all()
+
+
+def test_read_float_image_names_file_and_mode(tmp_path):
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F").save(path)
+    with pytest.raises(ValueError, match=r"float\.tiff.*mode 'F'"):
+        utils.read_image(str(path), "BGR")
+
+
+def test_read_label_map_keeps_16bit_class_ids(tmp_path):
+    import cv2
+
+    path = str(tmp_path / "labels16.png")
+    assert cv2.imwrite(path, np.array([[0, 3], [7, 255]], dtype=np.uint16))
+    labels = utils.read_label_map(path)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, [[0, 3], [7, 255]])  # ids, not intensities
+    assert cv2.imwrite(path, np.array([[0, 300]], dtype=np.uint16))
+    with pytest.raises(ValueError, match=r"labels16\.png.*0\.\.300"):
+        utils.read_label_map(path)
+
+
+# ----------------------------------------------------------------------------- bad annotations
+
+
+@pytest.mark.parametrize("bbox", [[float("nan"), 0, 5, 5], [0, 0, float("inf"), 5],
+                                  [0, float("-inf"), 5, 5]])
+def test_transform_instance_annotations_rejects_non_finite_boxes(bbox):
+    anno = {"bbox": bbox, "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        utils.transform_instance_annotations(anno, [T.NoOpTransform()], (20, 30))
+
+
+def test_check_instance_annotations_names_file_and_annotation():
+    good = {"bbox": [0, 0, 4, 4], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
+    nan_box = dict(good, bbox=[float("nan"), 0, 4, 4], id=77)
+    crowd_nan = dict(nan_box, iscrowd=1)  # crowd annotations are not used: not checked
+    utils.check_instance_annotations([good, crowd_nan], "a.png")
+    with pytest.raises(ValueError, match=r"a\.png.*annotation #1 \(id 77.*NaN or infinite"):
+        utils.check_instance_annotations([good, nan_box], "a.png")
+    with pytest.raises(ValueError, match=r"b\.png.*#0.*'segmentation'.*MODEL\.MASK_ON False"):
+        utils.check_instance_annotations([good], "b.png", need_masks=True)
+    with pytest.raises(ValueError, match=r"c\.png.*'keypoints'.*MODEL\.KEYPOINT_ON False"):
+        utils.check_instance_annotations([good], "c.png", need_keypoints=True)
+
+
+def test_annotations_to_instances_field_on_some_annotations_only():
+    box = {"bbox": [0, 0, 4, 4], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
+    with_mask = dict(box, segmentation=[[0, 0, 4, 0, 4, 4]])
+    with pytest.raises(ValueError, match=r"1 of 3 annotations have no 'segmentation'.*#2"):
+        utils.annotations_to_instances([with_mask, with_mask, box], (10, 10))
+    with_kps = dict(box, keypoints=[1, 1, 2, 2, 2, 2])
+    with pytest.raises(ValueError, match=r"no 'keypoints'.*#1"):
+        utils.annotations_to_instances([with_kps, box], (10, 10))

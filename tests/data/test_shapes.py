@@ -284,3 +284,26 @@ def test_unwritable_root_fails_clearly(tmp_path):
     blocker.write_text("a file where the dataset directory should be")
     with pytest.raises(OSError, match="SEGTRON_DATASETS"):
         prepare_shapes_split(str(blocker / "shapes"), "val", 2, seed=0)
+
+
+def test_missing_image_of_a_generated_split_says_how_to_redraw(tmp_path):
+    """A generated split that lost a file: the error gives the marker to delete (not "check
+    image_root", which is right by construction), and following it redraws the split."""
+    name = f"st_redraw_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "shapes"
+    register_shapes_instances(name, str(root), "val", 2, 4, image_size=64)
+    try:
+        first = DatasetCatalog.get(name)
+        os.remove(first[1]["file_name"])
+        with pytest.raises(ValueError) as e:
+            DatasetCatalog.get(name)
+        msg = str(e.value)
+        marker = str(root / ".val_complete.json")
+        assert first[1]["file_name"] in msg and marker in msg and "drawn again" in msg
+        assert "Check image_root" not in msg
+        os.remove(marker)  # what the message says to do
+        assert DatasetCatalog.get(name) == first
+        assert os.path.isfile(first[1]["file_name"])
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

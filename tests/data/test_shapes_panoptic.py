@@ -365,3 +365,32 @@ def test_prepare_script_panoptic_flag(tmp_path):
     assert (root / "annotations" / "panoptic_val.json").is_file()
     assert len(list((root / "panoptic_stuff_train").glob("*.png"))) == 3
     assert not (tmp_path / "shapes").exists()
+
+
+def test_missing_files_of_a_generated_split_say_how_to_redraw(tmp_path):
+    """Every registration of a generated split names the marker to delete when a file is
+    missing; the semantic one now checks its images and label pngs when loaded (it used to
+    fail only when the mapper reached the file)."""
+    tag = uuid.uuid4().hex[:8]
+    sem_name, prefix = f"st_sem_redraw_{tag}", f"st_pan_redraw_{tag}"
+    names = [sem_name, prefix, prefix + "_separated", prefix + "_stuffonly"]
+    root = tmp_path / "shapes_panoptic"
+    register_shapes_sem_seg(sem_name, str(root), "val", 2, 5, image_size=64)
+    register_shapes_panoptic_split(prefix, str(root), "val", 2, 5, image_size=64)
+    marker = str(root / ".val_complete.json")
+    try:
+        dicts = DatasetCatalog.get(sem_name)
+        os.remove(dicts[0]["sem_seg_file_name"])
+        with pytest.raises(ValueError) as e:
+            DatasetCatalog.get(sem_name)
+        assert dicts[0]["sem_seg_file_name"] in str(e.value) and marker in str(e.value)
+        assert "drawn again" in str(e.value)
+        os.remove(dicts[0]["file_name"])
+        for name, error in ((prefix, FileNotFoundError), (prefix + "_separated", ValueError)):
+            with pytest.raises(error) as e:
+                DatasetCatalog.get(name)
+            assert dicts[0]["file_name"] in str(e.value) and marker in str(e.value), name
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)

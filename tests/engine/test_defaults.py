@@ -4,7 +4,6 @@
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -44,9 +43,18 @@ def test_parser_has_detectron2_flags_and_defaults():
     args = default_argument_parser().parse_args([])
     assert (args.config_file, args.resume, args.eval_only) == ("", False, False)
     assert (args.num_gpus, args.num_machines, args.machine_rank) == (1, 1, 0)
-    port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
-    assert args.dist_url == f"tcp://127.0.0.1:{port}"
+    # Not Detectron2's fixed port per user: a free one, so two jobs at once do not collide.
+    assert args.dist_url == "auto"
+    assert args.dist_timeout == 30
     assert args.opts == []
+
+
+def test_parser_dist_timeout_in_minutes_above_zero(capsys):
+    assert default_argument_parser().parse_args(["--dist-timeout", "7.5"]).dist_timeout == 7.5
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SystemExit):
+            default_argument_parser().parse_args(["--dist-timeout", bad])
+        assert f"--dist-timeout '{bad}': give the number of minutes" in capsys.readouterr().err
 
 
 def test_parser_collects_key_value_overrides_after_the_flags():
@@ -288,6 +296,60 @@ def test_trainer_checkpoints_and_resumes_the_schedule(tmp_path):
     resumed.train()
     assert _lrs(tmp_path / "metrics.json") == {i: lr for i, lr in enumerate(_expected_lrs(cfg))
                                                if i >= 6}
+
+
+class _MarkRunAndCrash(hooks.HookBase):
+    """Puts scalar ``run`` (which run wrote a row) at every step; raises at the start of
+    iteration ``crash_at``, like a process that dies there."""
+
+    def __init__(self, run, crash_at=None):
+        self.run, self.crash_at = run, crash_at
+
+    def before_step(self):
+        if self.trainer.iter == self.crash_at:
+            raise RuntimeError(f"simulated crash at iteration {self.crash_at}")
+
+    def after_step(self):
+        self.trainer.storage.put_scalar("run", self.run, smoothing_hint=False)
+
+
+class _MarkedRun(ToyTrainer):
+    """ToyTrainer writing metrics.json every 2 iterations, with a ``_MarkRunAndCrash`` hook."""
+
+    marker = None
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        return [self.marker] + ret[:-1] + [hooks.PeriodicWriter(self.build_writers(), period=2)]
+
+
+def _metrics_rows(metrics_file):
+    with open(metrics_file, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_resumed_run_keeps_one_metrics_row_per_iteration_its_own(tmp_path, engine_log):
+    """Checkpoints every 3 iterations, metrics every 2: a run dying at iteration 8 wrote rows
+    up to 8 (the console printer's ETA of iteration 8 goes out with the last write), past its
+    last checkpoint (5). Resumed at 6, the new run's row 7 replaces the old one instead of
+    repeating the iteration."""
+    cfg = toy_cfg(tmp_path, MAX_ITER=12)
+    _MarkedRun.marker = _MarkRunAndCrash(run=1, crash_at=8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _MarkedRun(cfg).train()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000005.pth"
+    assert [r["iteration"] for r in _metrics_rows(tmp_path / "metrics.json")] == [1, 3, 5, 7, 8]
+
+    _MarkedRun.marker = _MarkRunAndCrash(run=2)
+    resumed = _MarkedRun(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 6
+    resumed.train()
+    _MarkedRun.marker = None
+    rows = _metrics_rows(tmp_path / "metrics.json")
+    assert [r["iteration"] for r in rows] == [1, 3, 5, 7, 9, 11]
+    assert [r.get("run") for r in rows] == [1, 1, 1, 2, 2, 2]  # from 6 on: the resumed run's
+    assert "dropped 2 row(s) of iterations >= 6" in engine_log.text
 
 
 def test_trainer_without_resume_loads_only_model_weights(tmp_path):

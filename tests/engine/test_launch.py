@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from segtron.engine import launch
-from segtron.engine.launch import _find_free_port, _share_cpu_threads
+from segtron.engine import default_argument_parser, launch
+from segtron.engine.launch import _find_free_port, _resolve_dist_url, _share_cpu_threads
 from segtron.utils import comm
 from segtron.utils.env import available_cpu_cores
 
@@ -23,6 +23,25 @@ def test_find_free_port_can_be_bound():
     assert 0 < port < 65536
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_jobs_started_together_with_the_default_dist_url_get_different_ports():
+    """The second job cannot be given the port the first job's rendezvous listens on."""
+    default = default_argument_parser().parse_args([]).dist_url
+    first = _resolve_dist_url(default, num_machines=1)
+    host, port = first[len("tcp://"):].rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first_job_store:
+        first_job_store.bind((host, int(port)))
+        first_job_store.listen()
+        second = _resolve_dist_url(default, num_machines=1)
+    assert first != second and second.startswith("tcp://127.0.0.1:")
+
+
+def test_explicit_dist_url_is_kept_and_auto_needs_one_machine():
+    assert _resolve_dist_url("tcp://10.0.0.1:1234", num_machines=2) == "tcp://10.0.0.1:1234"
+    assert _resolve_dist_url("tcp://127.0.0.1:1234", num_machines=1) == "tcp://127.0.0.1:1234"
+    with pytest.raises(ValueError, match="--dist-url tcp://<IP of machine 0>:<port>"):
+        _resolve_dist_url("auto", num_machines=2)
 
 
 def test_one_process_runs_main_here_without_a_process_group():

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -95,8 +96,50 @@ def test_cuda_on_a_cpu_machine_fails_before_launch_suggesting_cpu(capsys):
                                "MODEL.DEVICE", "cuda"])
 
 
+def test_dist_flags_reach_launch(monkeypatch):
+    """--dist-timeout (minutes) becomes launch's timeout; --dist-url defaults to a free port."""
+    seen = {}
+    monkeypatch.setattr(train_net, "launch", lambda main, gpus, **kwargs: seen.update(kwargs))
+    train_net.invoke_main(["--num-gpus", "2", "--dist-timeout", "5", "--config-file",
+                           TINY_CONFIG, "MODEL.DEVICE", "cpu"])
+    assert seen["timeout"] == timedelta(minutes=5)
+    assert (seen["dist_url"], seen["backend"]) == ("auto", "gloo")
+
+
 def _args(*argv):
     return train_net.default_argument_parser().parse_args(list(argv))
+
+
+def test_hostile_config_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """A Python tag in the config fails naming the file and tag; nothing runs or starts."""
+    marker = tmp_path / "code_ran"
+    config = tmp_path / "hostile.yaml"
+    config.write_text(f"_BASE_: {TINY_CONFIG}\n"
+                      f"OUTPUT_DIR: !!python/object/apply:os.mkdir ['{marker}']\n")
+    launched = []
+    monkeypatch.setattr(train_net, "launch", lambda *a, **k: launched.append(a))
+    with pytest.raises(ValueError) as info:
+        train_net.invoke_main(["--config-file", str(config)])
+    assert str(config) in str(info.value) and "python/object/apply:os.mkdir" in str(info.value)
+    assert not marker.exists() and not launched
+
+
+def test_unsafe_loading_flags_are_explicit_opt_ins(tmp_path, monkeypatch):
+    from segtron.utils.safe_unpickling import UNSAFE_UNPICKLING_ENV
+
+    config = tmp_path / "tagged.yaml"
+    config.write_text(f"_BASE_: {TINY_CONFIG}\n"
+                      "SOLVER:\n  MAX_ITER: !!python/object/apply:len [[1, 2, 3]]\n")
+    with pytest.raises(ValueError, match="--allow-unsafe-yaml"):
+        train_net.build_config(_args("--config-file", str(config)))
+    cfg = train_net.build_config(_args("--allow-unsafe-yaml", "--config-file", str(config)))
+    assert cfg.SOLVER.MAX_ITER == 3
+
+    monkeypatch.setenv(UNSAFE_UNPICKLING_ENV, "0")  # restored after the test
+    assert _args("--config-file", str(config)).allow_unsafe_unpickling is False
+    assert os.environ[UNSAFE_UNPICKLING_ENV] == "0"
+    assert _args("--allow-unsafe-unpickling").allow_unsafe_unpickling is True
+    assert os.environ[UNSAFE_UNPICKLING_ENV] == "1"  # inherited by the processes it starts
 
 
 def test_projects_are_loaded_and_add_their_config_keys():
@@ -313,8 +356,9 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(shapes_env, tmp_pa
     log = (out / "log.txt").read_text()
     assert "Starting training from iteration 10" in log
     assert "model_0000009.pth" in log and "model_0000012.pth" not in log
-    after = _metrics(out)[len(before):]
-    assert [m["iteration"] for m in after] == list(range(10, 16))
+    after = _metrics(out)
+    # Each iteration once: rows the killed run wrote past iteration 9 (if any) were dropped.
+    assert [m["iteration"] for m in after] == list(range(16))
     expected = _uninterrupted_lrs(opts)
     for entry in before + after:
         assert entry["lr"] == pytest.approx(expected[entry["iteration"]], rel=1e-9, abs=0)

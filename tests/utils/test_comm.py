@@ -2,6 +2,7 @@
 
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -156,3 +157,38 @@ def _two_process_worker(rank: int, port: int) -> None:
 
 def test_two_process_gloo():
     mp.spawn(_two_process_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+
+
+def _late_rank_worker(rank: int, port: int, rank0_done) -> None:
+    """Rank 1 does not come to the barrier until rank 0 has given up on it."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD_SIZE, timeout=timedelta(minutes=3))
+    try:
+        assert comm._group_timeout() == timedelta(minutes=3)  # synchronize()'s default
+        if rank == 1:
+            assert rank0_done.wait(timeout=60), "rank 0 never gave up on rank 1"
+            return
+        try:
+            comm.synchronize(timeout=timedelta(seconds=2))
+        except RuntimeError as e:
+            assert "rank(s) 1 did not reach comm.synchronize() within 0:00:02" in str(e), e
+            assert "--dist-timeout" in str(e)
+        else:
+            raise AssertionError("synchronize() returned although rank 1 never arrived")
+        finally:
+            rank0_done.set()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synchronize_names_the_rank_that_does_not_arrive():
+    """gloo: a barrier that times out says which rank is late, not just that it timed out."""
+    rank0_done = mp.get_context("spawn").Event()
+    mp.spawn(_late_rank_worker, args=(_free_port(), rank0_done), nprocs=WORLD_SIZE, join=True)
+
+
+def test_late_ranks_are_read_from_the_monitored_barrier_error():
+    message = "[Rank 0]: Ranks 1, 3 failed to pass monitoredBarrier in 2000 ms"
+    assert comm._late_ranks(message) == [1, 3]
+    assert comm._late_ranks("Rank 2 successfully reached monitoredBarrier, but ...") == []
+

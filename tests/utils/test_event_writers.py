@@ -74,6 +74,38 @@ def test_json_writer_writes_one_line_per_iteration_when_values_lag(tmp_path):
     assert records == [{"iteration": 4, "total_loss": 1.0}, {"iteration": 5, "time": 0.2}]
 
 
+def test_json_writer_discard_from_drops_later_rows_and_a_cut_line(tmp_path, events_log):
+    """What a run killed mid-write leaves (rows past the resume point, a half line) goes; the
+    file is replaced, not edited in place, and new rows follow on their own lines."""
+    path = tmp_path / "metrics.json"
+    rows = [json.dumps({"iteration": it, "loss": float(it)}) for it in (1, 3, 5, 7)]
+    path.write_text("\n".join(rows) + '\n{"iteration": 9, "lo')
+    writer = JSONWriter(str(path))
+    inode = path.stat().st_ino
+    writer.discard_from(6)
+    assert path.stat().st_ino != inode  # a new file renamed into place
+    assert "dropped 1 row(s) of iterations >= 6 and 1 line(s) cut short" in events_log.text
+    with EventStorage(6) as storage:
+        storage.iter = 7
+        storage.put_scalar("loss", 70.0)
+        writer.write()
+    writer.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["iteration"], r["loss"]) for r in records] == [(1, 1), (3, 3), (5, 5), (7, 70)]
+    assert os.listdir(tmp_path) == ["metrics.json"]  # no temporary file left
+
+
+def test_json_writer_discard_from_leaves_a_clean_file_alone(tmp_path, events_log):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"iteration": 1}\n{"iteration": 3}\n')
+    writer = JSONWriter(str(path))
+    inode = path.stat().st_ino
+    writer.discard_from(4)
+    writer.close()
+    assert path.stat().st_ino == inode and "dropped" not in events_log.text
+    assert path.read_text() == '{"iteration": 1}\n{"iteration": 3}\n'
+
+
 def _fill(storage, iterations, with_time=True):
     for it in iterations:
         storage.iter = it

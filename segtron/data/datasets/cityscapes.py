@@ -17,7 +17,6 @@ pixel and subtracting the later ones with shapely.
 import functools
 import json
 import logging
-import multiprocessing as mp
 import os
 from collections import namedtuple
 from typing import Any, Dict, List, Tuple
@@ -25,6 +24,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from ...structures.boxes import BoxMode
+from ...utils.worker_pool import can_start_workers, spawn_pool
 
 __all__ = ["load_cityscapes_instances", "load_cityscapes_semantic"]
 
@@ -316,9 +316,9 @@ def load_cityscapes_instances(image_dir: str, gt_dir: str, from_json: bool = Tru
     parse = functools.partial(_cityscapes_files_to_dict, from_json=from_json,
                               to_polygons=to_polygons)
     workers = _num_workers()
-    if len(files) >= _POOL_MIN_FILES and workers > 1:
+    if len(files) >= _POOL_MIN_FILES and workers > 1 and can_start_workers():
         logger.info("Parsing Cityscapes annotations with %d processes ...", workers)
-        with mp.Pool(processes=workers) as pool:
+        with spawn_pool(workers) as pool:
             dicts = pool.map(parse, files, chunksize=8)
     else:
         dicts = [parse(f) for f in files]

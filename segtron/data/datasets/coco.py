@@ -27,6 +27,9 @@ from ...structures.boxes import BoxMode
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .coco_validation import (
     DropCounter,
+    are_finite,
+    are_numbers,
+    bbox_is_well_formed,
     check_coco_references,
     check_coco_structure,
     check_image_files_exist,
@@ -49,10 +52,21 @@ _BASE_ANNOTATION_KEYS = ("iscrowd", "bbox", "keypoints", "category_id")
 
 _DROP_IGNORE = "with 'ignore': 1 skipped (ignore regions are not supported; mark them iscrowd=1)"
 _DROP_EMPTY_BOX = "with a box of width or height <= 0 dropped"
-_DROP_NO_POLYGON = (
-    "dropped because none of their polygons has >= 3 points (6 numbers, an even count)"
+_DROP_NON_FINITE_BOX = (
+    "with a NaN or infinite box coordinate dropped (fix the exporter that wrote them)"
 )
-_BAD_POLYGON = "had polygons with < 3 points or an odd number of coordinates removed"
+_DROP_BOX_OUTSIDE = (
+    "with a box entirely outside its image dropped (check the image's width/height and that "
+    "boxes are [x, y, width, height])"
+)
+_DROP_NO_POLYGON = (
+    "dropped because none of their polygons has >= 3 points (6 finite numbers, an even count)"
+)
+_DROP_POLYGONS_OUTSIDE = "dropped because their polygons lie entirely outside the image"
+_BAD_POLYGON = (
+    "had polygons with < 3 points, an odd number of coordinates or a NaN/infinite coordinate "
+    "removed"
+)
 
 
 def _build_coco_api(data: Dict[str, Any]):
@@ -66,11 +80,39 @@ def _build_coco_api(data: Dict[str, Any]):
     return api
 
 
-def _convert_segmentation(segm: Any, ann_id: Any, json_file: str, drops: DropCounter) -> Any:
+def _is_valid_polygon(polygon: Any) -> bool:
+    """A flat list of an even number (>= 6) of finite numbers."""
+    return (
+        isinstance(polygon, list)
+        and len(polygon) >= 6
+        and len(polygon) % 2 == 0
+        and are_numbers(polygon)
+        and are_finite(polygon)
+    )
+
+
+def _polygons_outside(polygons: List[List[float]], width: float, height: float) -> bool:
+    """True when the extent of all the points misses the image ``[0, width] x [0, height]``."""
+    xs = [x for p in polygons for x in p[0::2]]
+    ys = [y for p in polygons for y in p[1::2]]
+    return max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height
+
+
+def _box_outside(bbox: Sequence[float], width: float, height: float) -> bool:
+    """True when the XYWH box does not overlap the image ``[0, width] x [0, height]``."""
+    x, y, w, h = bbox[:4]
+    return x >= width or y >= height or x + w <= 0 or y + h <= 0
+
+
+def _convert_segmentation(
+    segm: Any, ann_id: Any, json_file: str, drops: DropCounter, image_size: Sequence[float]
+) -> Any:
     """Return the segmentation to store, or None when the annotation must be dropped.
 
-    Polygons with fewer than 3 points (or an odd number of coordinates) are removed; an RLE
-    dict with uncompressed (list) counts is compressed with pycocotools.
+    Polygons with fewer than 3 points, an odd number of coordinates or a non-finite one are
+    removed; an annotation is dropped when no polygon is left or when they all lie outside the
+    image (``image_size`` is (height, width)). An RLE dict with uncompressed (list) counts is
+    compressed with pycocotools.
     """
     if isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
@@ -83,11 +125,14 @@ def _convert_segmentation(segm: Any, ann_id: Any, json_file: str, drops: DropCou
             return mask_util.frPyObjects(segm, height, width)
         return segm
     if isinstance(segm, list):
-        polygons = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        polygons = [p for p in segm if _is_valid_polygon(p)]
         if len(polygons) < len(segm):
             drops.add(_BAD_POLYGON, ann_id)
         if not polygons:
             drops.add(_DROP_NO_POLYGON, ann_id)
+            return None
+        if _polygons_outside(polygons, image_size[1], image_size[0]):
+            drops.add(_DROP_POLYGONS_OUTSIDE, ann_id)
             return None
         return polygons
     raise ValueError(
@@ -150,11 +195,13 @@ def load_coco_json(
         (x/y shifted by +0.5: COCO stores pixel indices, Detectron2 uses continuous
         coordinates), ``iscrowd`` and the extra keys).
 
-    Dropped, with a warning per reason: annotations with ``ignore: 1``, boxes with width or
-    height <= 0, annotations whose polygons all have < 3 points. Raises ValueError for invalid
-    JSON, missing ``images``/``categories``, an empty ``images`` list, duplicate image,
-    category or annotation ids, unknown category ids, annotations of missing images, missing
-    image files and annotations without a bbox; FileNotFoundError if ``json_file`` is missing.
+    Dropped, with a warning per reason: annotations with ``ignore: 1``, boxes with a NaN or
+    infinite coordinate, boxes with width or height <= 0, boxes entirely outside their image,
+    annotations whose polygons all have < 3 points (or a non-finite coordinate) or all lie
+    outside the image. Raises ValueError for invalid JSON, missing ``images``/``categories``,
+    an empty ``images`` list, duplicate image, category or annotation ids, unknown category
+    ids, annotations of missing images, missing image files (``MissingImageFilesError``) and
+    annotations without a bbox of 4 numbers; FileNotFoundError if ``json_file`` is missing.
     """
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
@@ -180,7 +227,7 @@ def load_coco_json(
 
     ann_keys = list(_BASE_ANNOTATION_KEYS) + list(extra_annotation_keys or [])
     drops = DropCounter()
-    no_bbox: List[Any] = []
+    bad_bbox: List[Any] = []
     dataset_dicts = []
     for image, file_name in zip(images, file_names):
         image_id = image["id"]
@@ -197,16 +244,23 @@ def load_coco_json(
                 drops.add(_DROP_IGNORE, ann_id)
                 continue
             bbox = anno.get("bbox")
-            if bbox is None or len(bbox) == 0:
-                no_bbox.append(ann_id)
+            if not bbox_is_well_formed(bbox):
+                bad_bbox.append(ann_id)
                 continue
-            if len(bbox) >= 4 and (bbox[2] <= 0 or bbox[3] <= 0):
+            if not are_finite(bbox):
+                drops.add(_DROP_NON_FINITE_BOX, ann_id)
+                continue
+            if bbox[2] <= 0 or bbox[3] <= 0:
                 drops.add(_DROP_EMPTY_BOX, ann_id)
+                continue
+            if _box_outside(bbox, image["width"], image["height"]):
+                drops.add(_DROP_BOX_OUTSIDE, ann_id)
                 continue
             obj = {key: anno[key] for key in ann_keys if key in anno}
             segm = anno.get("segmentation")
             if segm:
-                segm = _convert_segmentation(segm, ann_id, json_file, drops)
+                image_size = (image["height"], image["width"])
+                segm = _convert_segmentation(segm, ann_id, json_file, drops, image_size)
                 if segm is None:
                     continue
                 obj["segmentation"] = segm
@@ -222,11 +276,12 @@ def load_coco_json(
         record["annotations"] = objs
         dataset_dicts.append(record)
 
-    if no_bbox:
+    if bad_bbox:
         raise ValueError(
-            f"{len(no_bbox)} annotations in COCO json file '{json_file}' have a missing or empty "
-            f"'bbox' (annotation ids: {format_examples(no_bbox)}). Every COCO annotation needs "
-            "'bbox': [x, y, width, height]; fix or remove those annotations."
+            f"{len(bad_bbox)} annotations in COCO json file '{json_file}' have a missing, empty "
+            f"or malformed 'bbox' (annotation ids: {format_examples(bad_bbox)}). Every COCO "
+            "annotation needs 'bbox': [x, y, width, height] (4 numbers); fix or remove those "
+            "annotations."
         )
     drops.log(json_file)
     logger.info(

@@ -7,6 +7,7 @@ annotation it drops is counted in the log. Nothing here is part of Detectron2's 
 
 import json
 import logging
+import math
 import os
 from collections import Counter, OrderedDict, defaultdict
 from typing import Any, Dict, Iterable, List, Sequence
@@ -16,6 +17,10 @@ __all__ = [
     "check_coco_structure",
     "check_coco_references",
     "check_image_files_exist",
+    "MissingImageFilesError",
+    "are_numbers",
+    "are_finite",
+    "bbox_is_well_formed",
     "DropCounter",
     "format_examples",
 ]
@@ -202,8 +207,31 @@ def _has_uri_scheme(path: str) -> bool:
     return "://" in path
 
 
+class MissingImageFilesError(ValueError):
+    """Image files referenced by a COCO json do not exist.
+
+    Carries ``missing`` (the missing paths), ``total`` (how many paths were checked) and
+    ``json_file``, so a caller that knows a better fix than checking ``image_root`` (e.g. a
+    generated dataset, which can be drawn again) can re-raise with ``with_fix``.
+    """
+
+    def __init__(self, missing: Sequence[str], total: int, json_file: str, fix: str) -> None:
+        self.missing = list(missing)
+        self.total = total
+        self.json_file = json_file
+        super().__init__(
+            f"{len(self.missing)} of {total} image files referenced by COCO json file "
+            f"'{json_file}' do not exist (first: {format_examples(self.missing)}). {fix}"
+        )
+
+    def with_fix(self, fix: str) -> "MissingImageFilesError":
+        """The same error (same files) with ``fix`` as the advice at the end of the message."""
+        return MissingImageFilesError(self.missing, self.total, self.json_file, fix)
+
+
 def check_image_files_exist(paths: Iterable[str], image_root: str, json_file: str) -> None:
-    """Raise ValueError if any of ``paths`` (image files of ``json_file``) is missing.
+    """Raise MissingImageFilesError (a ValueError) if any of ``paths`` (image files of
+    ``json_file``) is missing.
 
     Each directory is listed once (cheap even for 100k+ images); names not found in the
     listing are confirmed with ``os.path.exists`` (case-insensitive file systems). Paths with a
@@ -226,14 +254,33 @@ def check_image_files_exist(paths: Iterable[str], image_root: str, json_file: st
             names = set(os.listdir(directory or "."))
         except OSError:
             names = set()
-        missing.extend(p for p in files if os.path.basename(p) not in names and not os.path.exists(p))
-    if missing:
-        total = sum(len(v) for v in by_dir.values())
-        raise ValueError(
-            f"{len(missing)} of {total} image files referenced by COCO json file '{json_file}' "
-            f"do not exist (first: {format_examples(missing)}). Check image_root "
-            f"('{image_root}'): it must be the directory the 'file_name' entries are relative to."
+        missing.extend(
+            p for p in files if os.path.basename(p) not in names and not os.path.exists(p)
         )
+    if missing:
+        raise MissingImageFilesError(
+            missing,
+            sum(len(v) for v in by_dir.values()),
+            json_file,
+            f"Check image_root ('{image_root}'): it must be the directory the 'file_name' "
+            "entries are relative to.",
+        )
+
+
+def are_numbers(values: Sequence[Any]) -> bool:
+    """True when every entry of ``values`` is an int or float (not a bool, str or None)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def are_finite(values: Sequence[float]) -> bool:
+    """True when every number of ``values`` is finite; json ``NaN``, ``Infinity`` and
+    ``-Infinity`` decode to non-finite floats."""
+    return all(math.isfinite(v) for v in values)
+
+
+def bbox_is_well_formed(bbox: Any) -> bool:
+    """True when ``bbox`` is a list of at least 4 numbers (COCO: ``[x, y, width, height]``)."""
+    return isinstance(bbox, (list, tuple)) and len(bbox) >= 4 and are_numbers(bbox)
 
 
 class DropCounter:

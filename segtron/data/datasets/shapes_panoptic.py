@@ -39,11 +39,13 @@ import numpy as np
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .builtin_meta import _THINGS_STUFF_COLOR
 from .coco_panoptic import register_coco_panoptic, register_coco_panoptic_separated
+from .coco_validation import check_image_files_exist
 from .root import get_datasets_root
 from .shapes import (
     ImageTask,
     ShapesGenerator,
     generate_split,
+    hint_redraw_on_missing_files,
     image_size_of,
     prepare_split,
     write_image,
@@ -255,13 +257,16 @@ def load_shapes_sem_seg(panoptic_json: str, image_root: str,
                         sem_seg_root: str) -> List[Dict[str, Any]]:
     """Semantic-segmentation dicts of a shapes split, one per image of ``panoptic_json``:
     ``file_name``, ``sem_seg_file_name`` (the all-classes png), ``height``, ``width``,
-    ``image_id``."""
+    ``image_id``. Raises ``MissingImageFilesError`` when images or label pngs are missing."""
     with open(panoptic_json, "r", encoding="utf-8") as f:
         images = json.load(f)["images"]
-    return [{"file_name": os.path.join(image_root, img["file_name"]),
-             "sem_seg_file_name": os.path.join(sem_seg_root, img["file_name"]),
-             "height": img["height"], "width": img["width"], "image_id": img["id"]}
-            for img in images]
+    dicts = [{"file_name": os.path.join(image_root, img["file_name"]),
+              "sem_seg_file_name": os.path.join(sem_seg_root, img["file_name"]),
+              "height": img["height"], "width": img["width"], "image_id": img["id"]}
+             for img in images]
+    check_image_files_exist([d[k] for d in dicts for k in ("file_name", "sem_seg_file_name")],
+                            image_root, panoptic_json)
+    return dicts
 
 
 def shapes_sem_seg_metadata() -> Dict[str, Any]:
@@ -305,13 +310,16 @@ def shapes_panoptic_separated_metadata() -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- registration
 
 
-def _prepare_before_loading(name: str, prepare: Callable[[], Any]) -> None:
-    """Make the registered loader of ``name`` call ``prepare()`` first."""
+def _prepare_before_loading(name: str, prepare: Callable[[], Any], root_dir: str,
+                            split: str) -> None:
+    """Make the registered loader of ``name`` call ``prepare()`` first, and give its
+    missing-file errors the fix of a generated split (``redraw_hint``)."""
     load = DatasetCatalog[name]
 
     def prepare_and_load() -> List[Dict[str, Any]]:
         prepare()
-        return load()
+        with hint_redraw_on_missing_files(PANOPTIC, root_dir, split):
+            return load()
 
     prepare_and_load.__name__ = f"load_{name}"
     DatasetCatalog.remove(name)
@@ -333,8 +341,13 @@ def register_shapes_sem_seg(name: str, root_dir: str, split: str, num_images: in
     """
     paths = shapes_panoptic_paths(root_dir, split)
     prepare = _preparer(root_dir, split, num_images, seed, image_size)
-    DatasetCatalog.register(name, lambda: load_shapes_sem_seg(
-        prepare()["panoptic_json"], paths["image_root"], paths["sem_seg_root"]))
+
+    def load() -> List[Dict[str, Any]]:
+        panoptic_json = prepare()["panoptic_json"]
+        with hint_redraw_on_missing_files(PANOPTIC, root_dir, split):
+            return load_shapes_sem_seg(panoptic_json, paths["image_root"], paths["sem_seg_root"])
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(image_root=paths["image_root"],
                                   sem_seg_root=paths["sem_seg_root"],
                                   **shapes_sem_seg_metadata())
@@ -356,7 +369,7 @@ def register_shapes_panoptic_split(prefix: str, root_dir: str, split: str, num_i
                                      paths["instances_json"], image_ext="png")
     prepare = _preparer(root_dir, split, num_images, seed, image_size)
     for name in (prefix, prefix + "_separated", prefix + "_stuffonly"):
-        _prepare_before_loading(name, prepare)
+        _prepare_before_loading(name, prepare, root_dir, split)
 
 
 def register_shapes_panoptic(root: Optional[str] = None) -> None:
