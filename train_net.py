@@ -231,11 +231,24 @@ def launch_backend(cfg: CfgNode) -> Optional[str]:
     return "gloo" if device.type == "cpu" else None
 
 
+def collective_timeout(cfg: CfgNode, args) -> timedelta:
+    """How long a process waits at a collective: ``--dist-timeout`` if given, else the config's
+    ``DIST.TIMEOUT_MINUTES``. Raises ValueError for a value that is not above 0."""
+    minutes = args.dist_timeout if args.dist_timeout is not None else cfg.DIST.TIMEOUT_MINUTES
+    if not float(minutes) > 0:
+        raise ValueError(
+            f"DIST.TIMEOUT_MINUTES is {minutes}; set it to the minutes (above 0) a process waits "
+            "for the others at a collective before the job fails, e.g. DIST.TIMEOUT_MINUTES 10."
+        )
+    return timedelta(minutes=float(minutes))
+
+
 def invoke_main(argv: Optional[List[str]] = None) -> None:
     """Parse the command line and run ``main`` in every process of the job."""
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    backend = launch_backend(build_config(args))
+    cfg = build_config(args)
+    backend = launch_backend(cfg)
     launch(
         main,
         args.num_gpus,
@@ -243,7 +256,7 @@ def invoke_main(argv: Optional[List[str]] = None) -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
-        timeout=timedelta(minutes=args.dist_timeout),
+        timeout=collective_timeout(cfg, args),
         backend=backend,
     )
 

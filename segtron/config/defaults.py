@@ -360,7 +360,7 @@ _C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
 _C.SOLVER = CN()
 # "WarmupMultiStepLR", "WarmupCosineLR" or "WarmupStepWithFixedGammaLR".
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
-# segtron: "SGD" (momentum, optional Nesterov) or "AdamW" (betas (0.9, 0.999)).
+# segtron: "SGD" (momentum, optional Nesterov), "AdamW" or "Adam" (betas (0.9, 0.999)).
 _C.SOLVER.OPTIMIZER = "SGD"
 _C.SOLVER.MAX_ITER = 40000
 _C.SOLVER.BASE_LR = 0.001
@@ -445,6 +445,11 @@ _C.FLOAT32_PRECISION = ""
 # Visualise training batches every this many iterations; 0 disables.
 _C.VIS_PERIOD = 0
 
+# segtron: minutes a process waits for the others at a collective (joining the group, barriers,
+# gradient all-reduce) before the job fails; train_net.py's --dist-timeout overrides it.
+_C.DIST = CN()
+_C.DIST.TIMEOUT_MINUTES = 30.0
+
 # A place for experimental keys without a home; Detectron2 keeps it too.
 _C.GLOBAL = CN()
 _C.GLOBAL.HACK = 1.0
@@ -459,4 +464,5 @@ SEGTRON_ADDED_KEYS = (
     "MODEL.FCOS.TOPK_CANDIDATES_TEST", "MODEL.FCOS.NMS_THRESH_TEST",
     "MODEL.RESNETS.RES4_DILATION", "DATALOADER.TRAIN_LOADER", "SOLVER.HOOKS",
     "MODEL_EMA.ENABLED", "MODEL_EMA.DECAY", "MODEL_EMA.DECAY_RAMP_ITERS",
+    "DIST.TIMEOUT_MINUTES",
 )

@@ -71,8 +71,10 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     machine), ``--num-machines``, ``--machine-rank``, ``--dist-url`` (default ``auto``: a port
     of 127.0.0.1 free when the job starts, so jobs started at once on one machine do not
     collide; Detectron2's default is a fixed port per user), ``--dist-timeout`` (minutes a
-    process waits at a collective, default 30), and the trailing ``opts``: config overrides as
-    ``KEY VALUE`` pairs.
+    process waits at a collective; default None: the config's ``DIST.TIMEOUT_MINUTES``),
+    ``--allow-unsafe-yaml``, ``--allow-unsafe-unpickling`` (explicit opt-ins to loading that
+    can run code from the file), and the trailing ``opts``: config overrides as ``KEY VALUE``
+    pairs.
 
     Args:
         epilog: text shown at the end of ``--help``; defaults to usage examples.
@@ -108,12 +110,13 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
                              "job starts (one machine only); with several machines pass "
                              "tcp://<IP of machine 0>:<port>, the same on every machine. See "
                              "https://pytorch.org/docs/stable/distributed.html")
-    parser.add_argument("--dist-timeout", type=_positive_minutes,
-                        default=DEFAULT_TIMEOUT.total_seconds() / 60, metavar="MINUTES",
+    parser.add_argument("--dist-timeout", type=_positive_minutes, default=None,
+                        metavar="MINUTES",
                         help="minutes a process waits for the others at a collective "
                              "(joining, barriers, gradient all-reduce) before the job fails; "
                              "a barrier that times out names the rank(s) that did not arrive "
-                             "(gloo). Default: %(default)g")
+                             "(gloo). Default: the config's DIST.TIMEOUT_MINUTES "
+                             f"({DEFAULT_TIMEOUT.total_seconds() / 60:g} unless set)")
     parser.add_argument("--allow-unsafe-yaml", action="store_true",
                         help="UNSAFE: read --config-file and its _BASE_ files with "
                              "yaml.unsafe_load, so Python tags (!!python/...) in them run "

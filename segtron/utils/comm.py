@@ -143,10 +143,11 @@ def synchronize(timeout: Optional[timedelta] = None) -> None:
     """Barrier across all processes; returns at once with a single process.
 
     On gloo (CPU processes) it is a ``monitored_barrier``: when a rank has not arrived within
-    ``timeout`` (default: the process group's, ``--dist-timeout``), rank 0 logs and raises a
-    RuntimeError naming the late rank(s), and the ranks that did arrive raise pointing to rank
-    0 (late itself, or its log names the late ranks). On NCCL it is a plain barrier on the GPU; a hang there ends at the group's timeout
-    (torch's NCCL watchdog, ``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and
+    ``timeout`` (default: the process group's, i.e. ``--dist-timeout`` or
+    ``DIST.TIMEOUT_MINUTES``), rank 0 logs and raises a RuntimeError naming the late rank(s),
+    and the ranks that did arrive raise pointing to rank 0 (late itself, or its log names the
+    late ranks). On NCCL it is a plain barrier on the GPU; a hang there ends at the group's
+    timeout (torch's NCCL watchdog, ``TORCH_NCCL_ASYNC_ERROR_HANDLING``), and
     ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` reports which rank is missing from a collective.
     """
     if not _distributed() or dist.get_world_size() == 1:
@@ -190,7 +191,7 @@ def _monitored_barrier(timeout: timedelta) -> None:
             what = (f"rank {get_rank()} reached comm.synchronize() but did not hear from rank 0 "
                     f"within {timeout}: rank 0 is stuck or late itself, or its log names the "
                     "rank(s) that did not arrive")
-        message = (f"{what}. Raise --dist-timeout (minutes) if they are only slow. "
+        message = (f"{what}. Raise --dist-timeout or DIST.TIMEOUT_MINUTES if they are only slow. "
                    f"torch.distributed said: {err}")
         logger.error(message)
         raise RuntimeError(message) from err

@@ -45,7 +45,8 @@ def test_parser_has_detectron2_flags_and_defaults():
     assert (args.num_gpus, args.num_machines, args.machine_rank) == (1, 1, 0)
     # Not Detectron2's fixed port per user: a free one, so two jobs at once do not collide.
     assert args.dist_url == "auto"
-    assert args.dist_timeout == 30
+    assert args.dist_timeout is None  # the config's DIST.TIMEOUT_MINUTES
+    assert (args.allow_unsafe_yaml, args.allow_unsafe_unpickling) == (False, False)
     assert args.opts == []
 
 

@@ -97,13 +97,20 @@ def test_cuda_on_a_cpu_machine_fails_before_launch_suggesting_cpu(capsys):
 
 
 def test_dist_flags_reach_launch(monkeypatch):
-    """--dist-timeout (minutes) becomes launch's timeout; --dist-url defaults to a free port."""
+    """--dist-timeout (minutes), else DIST.TIMEOUT_MINUTES, becomes launch's timeout;
+    --dist-url defaults to a free port."""
     seen = {}
     monkeypatch.setattr(train_net, "launch", lambda main, gpus, **kwargs: seen.update(kwargs))
-    train_net.invoke_main(["--num-gpus", "2", "--dist-timeout", "5", "--config-file",
-                           TINY_CONFIG, "MODEL.DEVICE", "cpu"])
+    common = ["--num-gpus", "2", "--config-file", TINY_CONFIG, "MODEL.DEVICE", "cpu"]
+    train_net.invoke_main(["--dist-timeout", "5", *common, "DIST.TIMEOUT_MINUTES", "7"])
     assert seen["timeout"] == timedelta(minutes=5)
     assert (seen["dist_url"], seen["backend"]) == ("auto", "gloo")
+    train_net.invoke_main([*common, "DIST.TIMEOUT_MINUTES", "7"])
+    assert seen["timeout"] == timedelta(minutes=7)
+    train_net.invoke_main(common)
+    assert seen["timeout"] == timedelta(minutes=30)
+    with pytest.raises(ValueError, match="DIST.TIMEOUT_MINUTES"):
+        train_net.invoke_main([*common, "DIST.TIMEOUT_MINUTES", "0"])
 
 
 def _args(*argv):
