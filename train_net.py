@@ -48,6 +48,7 @@ from segtron.evaluation import (  # noqa: E402
     COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluators,
+    PascalVOCDetectionEvaluator,
     SemSegEvaluator,
     verify_results,
 )
@@ -100,7 +101,9 @@ def evaluator_classes(dataset_name: str) -> List[type]:
       Cityscapes on the 19 train ids of its ``*_labelTrainIds.png``, ignore 255);
     - "coco_panoptic_seg": ``COCOPanopticEvaluator`` (PQ), plus ``SemSegEvaluator`` when the
       dataset has semantic labels (metadata ``sem_seg_root``, the "_separated" registrations)
-      and ``COCOEvaluator`` when it has an instances json (metadata ``json_file``).
+      and ``COCOEvaluator`` when it has an instances json (metadata ``json_file``);
+    - "pascal_voc": ``PascalVOCDetectionEvaluator`` (VOC07 11-point / VOC12 area AP at IoU
+      0.50:0.95).
 
     Raises:
         NotImplementedError: for any other type, naming the dataset, its type and the
@@ -116,9 +119,12 @@ def evaluator_classes(dataset_name: str) -> List[type]:
         classes = [SemSegEvaluator] if metadata.get("sem_seg_root") else []
         classes += [COCOEvaluator] if metadata.get("json_file") else []
         return classes + [COCOPanopticEvaluator]
+    if evaluator_type == "pascal_voc":
+        return [PascalVOCDetectionEvaluator]
     raise NotImplementedError(
         f"No evaluator for dataset '{dataset_name}' with evaluator_type {evaluator_type!r}; "
-        "train_net.py evaluates 'coco', 'sem_seg', 'cityscapes_sem_seg' and 'coco_panoptic_seg'. "
+        "train_net.py evaluates 'coco', 'sem_seg', 'cityscapes_sem_seg', 'coco_panoptic_seg' "
+        "and 'pascal_voc'. "
         "Set the dataset's metadata (e.g. "
         f"MetadataCatalog.get('{dataset_name}').evaluator_type = 'coco' for COCO-style "
         "annotations), drop it from DATASETS.TEST, or add a branch for your type to "

@@ -2,6 +2,7 @@
 
 ``inference_on_dataset`` runs a model over a test loader and feeds a ``DatasetEvaluator``;
 ``COCOEvaluator`` scores boxes, masks, keypoints and proposals with the COCO API;
+``PascalVOCDetectionEvaluator`` scores boxes with the PASCAL VOC devkit's AP rules;
 ``print_csv_format`` / ``verify_results`` report and check the numbers.
 """
 
@@ -13,6 +14,7 @@ from .evaluator import (
     inference_on_dataset,
 )
 from .panoptic_evaluation import COCOPanopticEvaluator
+from .pascal_voc_evaluation import PascalVOCDetectionEvaluator
 from .sem_seg_evaluation import SemSegEvaluator
 from .testing import print_csv_format, verify_results
 
@@ -23,6 +25,7 @@ __all__ = [
     "DatasetEvaluators",
     "inference_context",
     "inference_on_dataset",
+    "PascalVOCDetectionEvaluator",
     "print_csv_format",
     "SemSegEvaluator",
     "verify_results",

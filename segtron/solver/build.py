@@ -3,7 +3,8 @@
 Same API and semantics as ``detectron2.solver.build``:
 
 * :func:`build_optimizer` — SGD (``SOLVER.MOMENTUM``, ``SOLVER.NESTEROV``) or, segtron's
-  ``SOLVER.OPTIMIZER = "AdamW"``, AdamW with betas (0.9, 0.999); parameter groups from
+  ``SOLVER.OPTIMIZER = "AdamW"`` / ``"Adam"``, AdamW / Adam with betas (0.9, 0.999) (Adam's
+  weight decay is the L2 term added to the gradient, AdamW's is decoupled); parameter groups from
   :func:`get_default_optimizer_params`; gradient clipping per ``SOLVER.CLIP_GRADIENTS``.
 * :func:`build_lr_scheduler` — an :class:`~segtron.solver.lr_scheduler.LRMultiplier` driven by
   an fvcore schedule chosen by ``SOLVER.LR_SCHEDULER_NAME``, behind a warmup.
@@ -43,7 +44,9 @@ logger = logging.getLogger(__name__)
 _GradientClipperInput = Union[torch.Tensor, Iterable[torch.Tensor]]
 _GradientClipper = Callable[[_GradientClipperInput], None]
 
-_OPTIMIZERS = ("SGD", "AdamW")
+_OPTIMIZERS = ("SGD", "AdamW", "Adam")
+# Adam and AdamW: the moment decay rates (PyTorch's defaults).
+_ADAM_BETAS = (0.9, 0.999)
 _LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
 
 LR_SCHEDULER_REGISTRY = Registry("LR_SCHEDULER")
@@ -201,10 +204,12 @@ def maybe_add_gradient_clipping(
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimizer of ``model``'s trainable parameters described by ``cfg.SOLVER``.
 
-    ``SOLVER.OPTIMIZER``: "SGD" (``MOMENTUM``, ``NESTEROV``) or "AdamW" (betas (0.9, 0.999)).
-    Both use ``BASE_LR`` and ``WEIGHT_DECAY`` as defaults and the parameter groups of
-    :func:`get_default_optimizer_params` (``WEIGHT_DECAY_NORM``, ``BIAS_LR_FACTOR``,
-    ``WEIGHT_DECAY_BIAS``); gradient clipping is added per ``SOLVER.CLIP_GRADIENTS``.
+    ``SOLVER.OPTIMIZER``: "SGD" (``MOMENTUM``, ``NESTEROV``), "AdamW" or "Adam" (betas
+    (0.9, 0.999); Adam adds ``weight_decay * param`` to the gradient, AdamW decays the
+    parameter directly). All use ``BASE_LR`` and ``WEIGHT_DECAY`` as defaults and the
+    parameter groups of :func:`get_default_optimizer_params` (``WEIGHT_DECAY_NORM``,
+    ``BIAS_LR_FACTOR``, ``WEIGHT_DECAY_BIAS``); gradient clipping is added per
+    ``SOLVER.CLIP_GRADIENTS``.
     Raises ValueError for an unknown ``SOLVER.OPTIMIZER``.
     """
     solver = cfg.SOLVER
@@ -235,8 +240,9 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
             foreach=True,
         )
     else:
-        optimizer = torch.optim.AdamW(
-            params, lr=solver.BASE_LR, betas=(0.9, 0.999), weight_decay=solver.WEIGHT_DECAY,
+        adam_class = torch.optim.AdamW if name == "AdamW" else torch.optim.Adam
+        optimizer = adam_class(
+            params, lr=solver.BASE_LR, betas=_ADAM_BETAS, weight_decay=solver.WEIGHT_DECAY,
             foreach=True,  # one multi-tensor update: the per-parameter loop is slow on CPU
         )
     logger.debug("Built %s with %d parameter groups.", name, len(optimizer.param_groups))

@@ -7,6 +7,9 @@ run is tested at (``test_images``) and measure:
 
 * ``count_parameters``: the number of parameters;
 * ``gflops``: fvcore's count for one inference, in GFLOPs (one fused multiply-add = one flop);
+* ``flop_count_analysis`` / ``activation_count_analysis``: fvcore's per-module and
+  per-operator analyses of one inference, of the whole model or of one of its submodules
+  (``tools/analyze_model.py`` prints them);
 * ``measure_ms_per_image``: CPU latency per image at batch 1, several models measured
   interleaved so that a slower or busier moment of the machine falls on all of them alike.
 
@@ -41,6 +44,9 @@ __all__ = [
     "find_run_checkpoint",
     "load_run_model",
     "count_parameters",
+    "find_submodule",
+    "flop_count_analysis",
+    "activation_count_analysis",
     "gflops",
     "test_images",
     "measure_ms_per_image",
@@ -186,18 +192,131 @@ class _ImageToTensors(nn.Module):
         return tuple(_tensors_in(self.model([{**self.inputs, "image": image}])))
 
 
-def _gflops_of_one(model: nn.Module, inputs: Mapping[str, Any]) -> float:
-    from fvcore.nn import FlopCountAnalysis
+class _TensorsOut(nn.Module):
+    """``module(*args)`` with its output flattened to a tuple of tensors (a backbone returns a
+    dict of feature maps), for fvcore's tracer."""
 
-    analysis = FlopCountAnalysis(_ImageToTensors(model, inputs), (inputs["image"],))
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: torch.Tensor):
+        return tuple(_tensors_in(self.module(*args)))
+
+
+class _StopForward(Exception):
+    """Raised by the hook of ``_submodule_args`` once it has the arguments it waits for."""
+
+
+def find_submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model``'s submodule at dotted path ``name`` (e.g. "backbone.bottom_up").
+
+    Raises:
+        KeyError: naming ``name`` and the model's children, when there is no such submodule.
+    """
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        children = ", ".join(n for n, _ in model.named_children())
+        raise KeyError(
+            f"The model ({type(model).__name__}) has no submodule '{name}'. Give a dotted path "
+            f"under one of its children: {children}."
+        ) from None
+
+
+def _submodule_args(model: nn.Module, name: str, inputs: Mapping[str, Any]) -> tuple:
+    """The positional arguments the submodule ``name`` is first called with when ``model``
+    runs on ``[inputs]`` (the run stops there). They must all be tensors (fvcore traces a
+    function of tensors): e.g. the backbone's normalized, padded image batch.
+
+    Raises:
+        ValueError: when the submodule is not called, or is called with other arguments.
+    """
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _StopForward
+
+    handle = find_submodule(model, name).register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model([dict(inputs)])
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in captured:
+        raise ValueError(f"Submodule '{name}' was not called during inference; analyze the "
+                         "whole model or a submodule that inference runs.")
+    args, kwargs = captured["args"], captured["kwargs"]
+    if kwargs or not args or not all(isinstance(a, torch.Tensor) for a in args):
+        kinds = [type(a).__name__ for a in args] + [f"{k}=" for k in kwargs]
+        raise ValueError(
+            f"Submodule '{name}' is called with ({', '.join(kinds)}), not tensors only, so "
+            "fvcore cannot trace it alone. Analyze its parent, or a submodule taking tensors "
+            "(e.g. 'backbone', 'roi_heads.box_head')."
+        )
+    return args
+
+
+def _analysis(analysis_class, model: nn.Module, inputs: Mapping[str, Any], module: str):
+    """Run fvcore's ``analysis_class`` on one inference under ``torch.no_grad`` (the op
+    sequence of inference) and return it with its statistics computed."""
+    model.eval()
+    if module:
+        args = _submodule_args(model, module, inputs)
+        analysis = analysis_class(_TensorsOut(find_submodule(model, module)), args)
+    else:
+        analysis = analysis_class(_ImageToTensors(model, inputs), (inputs["image"],))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
     with torch.no_grad():
-        total = analysis.total()
+        analysis.total()  # traces now, without autograd; later queries reuse the statistics
     skipped = analysis.unsupported_ops()
     if skipped:
         logger.debug("fvcore skipped ops it cannot count: %s", dict(skipped))
-    return total / 1e9
+    return analysis
+
+
+def flop_count_analysis(model: nn.Module, inputs: Mapping[str, Any], module: str = ""):
+    """fvcore's ``FlopCountAnalysis`` of one inference of ``model`` on one image.
+
+    fvcore's default op handles (one fused multiply-add is one flop; a BatchNorm in inference
+    mode 2 per element; nearest upsampling 1 per output element; element-wise and
+    unsupported ops such as NMS 0). Detectron2's ``tools/analyze_model.py`` additionally
+    zeroes batch_norm and a few element-wise ops, so its totals are lower by the norm layers.
+
+    Args:
+        model: a model taking a list of input dicts; put in eval mode.
+        inputs: one input dict (``{"image": CHW tensor, "height", "width", ...}``).
+        module: a dotted submodule path (e.g. "backbone") to count only that submodule, on
+            the arguments inference gives it (which must be tensors); "" for the whole model.
+
+    Returns:
+        The analysis, already computed: ``total()``, ``by_operator()``, ``by_module()``, and
+        ``fvcore.nn.flop_count_table(analysis)``. Module names are those of a wrapper:
+        ``module.<name in the submodule>`` with ``module``, else ``model.<name in model>``.
+
+    Raises:
+        KeyError: no such submodule. ValueError: it is not called with tensors only.
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    return _analysis(FlopCountAnalysis, model, inputs, module)
+
+
+def activation_count_analysis(model: nn.Module, inputs: Mapping[str, Any], module: str = ""):
+    """fvcore's ``ActivationCountAnalysis`` (elements output by convolutions and matrix
+    products) of one inference; arguments, return value and errors as
+    ``flop_count_analysis``."""
+    from fvcore.nn import ActivationCountAnalysis
+
+    return _analysis(ActivationCountAnalysis, model, inputs, module)
+
+
+def _gflops_of_one(model: nn.Module, inputs: Mapping[str, Any]) -> float:
+    return flop_count_analysis(model, inputs).total() / 1e9
 
 
 def gflops(model: nn.Module, inputs: Sequence[Mapping[str, Any]]) -> float:

@@ -199,6 +199,7 @@ def test_load_projects_imports_packages_and_skips_other_entries(tmp_path, monkey
     ({"evaluator_type": "coco_panoptic_seg", "panoptic_json": "p.json", "panoptic_root": "p",
       "sem_seg_root": "s", "json_file": "i.json"},
      ["SemSegEvaluator", "COCOEvaluator", "COCOPanopticEvaluator"]),
+    ({"evaluator_type": "pascal_voc"}, ["PascalVOCDetectionEvaluator"]),
 ])
 def test_evaluators_for_semantic_and_panoptic_datasets(metadata, expected):
     """A "_separated" panoptic dataset (semantic pngs and an instances json) is scored by all

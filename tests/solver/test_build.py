@@ -51,11 +51,14 @@ def _hyperparams_by_param(optimizer):
     return out
 
 
+@pytest.mark.parametrize("optimizer_name", ["SGD", "AdamW", "Adam"])
 @pytest.mark.parametrize("wd_bias", [None, 0.5])
-def test_param_groups_per_parameter(wd_bias):
+def test_param_groups_per_parameter(wd_bias, optimizer_name):
     model = _Net()
-    cfg = _solver_cfg(BIAS_LR_FACTOR=2.0, WEIGHT_DECAY_BIAS=wd_bias)
-    got = _hyperparams_by_param(build_optimizer(cfg, model))
+    cfg = _solver_cfg(BIAS_LR_FACTOR=2.0, WEIGHT_DECAY_BIAS=wd_bias, OPTIMIZER=optimizer_name)
+    optimizer = build_optimizer(cfg, model)
+    assert type(optimizer) is getattr(torch.optim, optimizer_name)
+    got = _hyperparams_by_param(optimizer)
 
     lr, wd, wd_norm = 0.1, 1e-4, 0.0
     bias_lr = lr * 2.0
@@ -170,11 +173,80 @@ def test_sgd_and_adamw_selected_by_key():
 
 
 def test_bad_optimizer_and_frozen_model_raise():
-    with pytest.raises(ValueError, match=r"SOLVER\.OPTIMIZER.*'SGD', 'AdamW'"):
-        build_optimizer(_solver_cfg(OPTIMIZER="Adam"), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"SOLVER\.OPTIMIZER 'RMSprop'.*'SGD', 'AdamW', 'Adam'"):
+        build_optimizer(_solver_cfg(OPTIMIZER="RMSprop"), nn.Linear(2, 2))
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer(_solver_cfg(), frozen)
+
+
+def _adam_by_hand(param, grads, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
+    """Adam's update rule (L2 weight decay added to the gradient, bias-corrected moments),
+    in float64: the parameter after one step per gradient in ``grads``."""
+    p = param.double().clone()
+    m = torch.zeros_like(p)
+    v = torch.zeros_like(p)
+    for t, grad in enumerate(grads, start=1):
+        g = grad.double() + weight_decay * p
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat = m / (1 - betas[0] ** t)
+        v_hat = v / (1 - betas[1] ** t)
+        p = p - lr * m_hat / (v_hat.sqrt() + eps)
+    return p
+
+
+def test_adam_steps_as_by_hand():
+    model = nn.Linear(3, 2)
+    cfg = _solver_cfg(OPTIMIZER="Adam", BASE_LR=0.01, WEIGHT_DECAY=0.1, BIAS_LR_FACTOR=3.0,
+                      WEIGHT_DECAY_BIAS=0.0)
+    optimizer = build_optimizer(cfg, model)
+    assert type(optimizer) is torch.optim.Adam
+    assert all(g["betas"] == (0.9, 0.999) for g in optimizer.param_groups)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: [torch.randn_like(p) for _ in range(2)] for n, p in model.named_parameters()}
+    for step in range(2):
+        for name, param in model.named_parameters():
+            param.grad = grads[name][step].clone()
+        optimizer.step()
+    expected_w = _adam_by_hand(start["weight"], grads["weight"], lr=0.01, weight_decay=0.1)
+    expected_b = _adam_by_hand(start["bias"], grads["bias"], lr=0.03, weight_decay=0.0)
+    assert torch.allclose(model.weight.double(), expected_w, atol=1e-6)
+    assert torch.allclose(model.bias.double(), expected_b, atol=1e-6)
+    # Coupled L2 decay, not AdamW's decoupled one: the two rules end at different weights.
+    adamw = nn.Linear(3, 2)
+    adamw.load_state_dict({"weight": start["weight"], "bias": start["bias"]})
+    adamw_opt = build_optimizer(_solver_cfg(OPTIMIZER="AdamW", BASE_LR=0.01, WEIGHT_DECAY=0.1,
+                                            BIAS_LR_FACTOR=3.0, WEIGHT_DECAY_BIAS=0.0), adamw)
+    for step in range(2):
+        for name, param in adamw.named_parameters():
+            param.grad = grads[name][step].clone()
+        adamw_opt.step()
+    assert not torch.allclose(adamw.weight.double(), expected_w, atol=1e-6)
+
+
+def test_adam_with_gradient_clipping():
+    cfg = _solver_cfg(OPTIMIZER="Adam", BASE_LR=0.1, WEIGHT_DECAY=1.0)
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
+    model = _TwoParams()
+    with torch.no_grad():
+        model.a.copy_(torch.tensor([-1.0, -2.0]))
+    optimizer = build_optimizer(cfg, model)
+    assert type(optimizer).__name__ == "AdamWithGradientClip"
+    assert isinstance(optimizer, torch.optim.Adam)
+    model.a.grad = torch.tensor([3.0, 0.25])
+    model.b.grad = torch.tensor([-4.0, 0.0])
+    start_a = model.a.detach().clone()
+    optimizer.step()
+    assert torch.equal(model.a.grad, torch.tensor([0.5, 0.25]))  # clipped in place
+    # Adam's first step moves each element by lr against the sign of grad + decay * a. With
+    # a = (-1, -2) and decay 1: clipped (-0.5, -1.75) -> a[0] rises; unclipped (2, -1.75) would
+    # lower it.
+    expected = _adam_by_hand(start_a, [torch.tensor([0.5, 0.25])], lr=0.1, weight_decay=1.0)
+    assert torch.allclose(model.a.double(), expected, atol=1e-6)
+    assert model.a[0].item() == pytest.approx(-0.9)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -169,10 +169,12 @@ def _add_upsampled(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     fine: (N, C, 2h, 2w); coarse: (N, C, h, w). Without autograd the sum is written into
     ``fine`` (a lateral conv's fresh output) by broadcasting ``coarse`` over 2x2 blocks, which
     reads each map once and allocates nothing; nearest x2 upsampling copies pixel (y // 2,
-    x // 2), so the result is the same.
+    x // 2), so the result is the same. While tracing (fvcore's counting, export) the
+    interpolate path is kept, so traced graphs hold Detectron2's op sequence.
     """
     n, c, h, w = coarse.shape
-    if torch.is_grad_enabled() or fine.shape != (n, c, 2 * h, 2 * w):
+    tracing = torch.jit.is_tracing()
+    if torch.is_grad_enabled() or tracing or fine.shape != (n, c, 2 * h, 2 * w):
         return fine + F.interpolate(coarse, scale_factor=2.0, mode="nearest")
     fine.view(n, c, h, 2, w, 2).add_(coarse.view(n, c, h, 1, w, 1))
     return fine

@@ -1,0 +1,110 @@
+"""tools/analyze_model.py, run in-process: Detectron2's figures for Mask R-CNN R50-FPN (the
+parameter count, and fvcore's GFLOPs of the backbone with FPN on one 800x1088 image), and hand
+counts on the stem of a tiny RetinaNet, from a fixed input size and from test images."""
+
+import importlib.util
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.utils.test_model_cost import (
+    TINY_RETINANET_OVERRIDES,
+    register_tiny_shapes,
+    unregister,
+)
+
+MASK_RCNN = str(REPO_ROOT / "configs" / "COCO-InstanceSegmentation" / "mask_rcnn_R_50_FPN_1x.yaml")
+MASK_RCNN_ARGS = ["--config-file", MASK_RCNN, "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
+RETINANET = str(REPO_ROOT / "configs" / "Shapes" / "retinanet_R_18_FPN.yaml")
+# The tiny RetinaNet with a FrozenBN stem. Its config sets MODEL.CHANNELS_LAST, under which
+# the norm would be folded into the conv; the tool counts with it off (Detectron2's ops).
+TINY = [*TINY_RETINANET_OVERRIDES, "MODEL.RESNETS.NORM", "FrozenBN"]
+
+# Its stem on a 64x64 image: conv 7x7 stride 2, 3 -> 8 channels, no bias, gives 8x32x32;
+# fvcore: one flop per multiply-add, 2 per element of an inference BatchNorm with affine,
+# 0 for ReLU and max-pooling.
+STEM_CONV_OUT = 8 * 32 * 32
+STEM_FLOPS = STEM_CONV_OUT * 3 * 7 * 7 + 2 * STEM_CONV_OUT
+STEM_PARAMS = 8 * 3 * 7 * 7  # FrozenBN holds buffers only
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("analyze_model",
+                                                  REPO_ROOT / "tools" / "analyze_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run(tool, restore_logging, capsys):
+    """run(*argv) -> (results, stdout) of tool.main on a CPU, one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def _run(*argv):
+        results = tool.main([str(a) for a in argv])
+        return results, capsys.readouterr().out
+
+    yield _run
+    torch.set_num_threads(threads)
+
+
+def test_mask_rcnn_r50_fpn_parameters_match_detectron2(run):
+    """Measured with Detectron2: 44,343,216 parameters."""
+    results, out = run("--tasks", "parameter", *MASK_RCNN_ARGS)
+    assert results["parameter"] == 44_343_216
+    assert "Total parameters: 44,343,216" in out
+
+
+@pytest.mark.slow  # traces the full-size ResNet-50-FPN on an 800x1088 image: ~3-5 s
+def test_mask_rcnn_r50_fpn_backbone_gflops_match_detectron2(run):
+    """Measured with Detectron2: its backbone with FPN on one 800x1088 input, 116.57 GFLOPs
+    by fvcore's default counting (convolutions 116.19, inference BatchNorms 0.37, the FPN's
+    nearest upsampling 0.02)."""
+    results, out = run("--tasks", "flop", "--module", "backbone", "--input-size", 800, 1088,
+                       *MASK_RCNN_ARGS)
+    assert results["flop"] == pytest.approx(116.57, abs=0.005)
+    assert "Total GFlops: 116.57" in out
+
+
+def test_stem_by_hand_from_input_size(run):
+    results, out = run("--tasks", "flop", "activation", "parameter", "structure",
+                       "--module", "backbone.bottom_up.stem", "--input-size", 64, 64,
+                       "--config-file", RETINANET, *TINY)
+    assert results["flop"] == pytest.approx(STEM_FLOPS / 1e9)
+    assert results["activation"] == pytest.approx(STEM_CONV_OUT / 1e6)
+    assert results["parameter"] == STEM_PARAMS
+    assert results["structure"].startswith("BasicStem(")
+    assert "Flops table computed from only one input sample" in out
+    assert "Model Structure:\nBasicStem(" in out
+
+
+def test_test_images_and_whole_model(run, tmp_path):
+    # Images of 56 to 72 px a side; resized so that the longer side is 64 (the shorter one
+    # is then over 32), and padded to a multiple of 32: 64x64 model inputs.
+    dataset = register_tiny_shapes(tmp_path / "shapes")
+    try:
+        opts = ["--config-file", RETINANET, *TINY, "DATASETS.TEST", f"('{dataset}',)",
+                "INPUT.MAX_SIZE_TEST", 64]
+        stem, _ = run("--tasks", "flop", "-n", 2, "--module", "backbone.bottom_up.stem", *opts)
+        assert stem["flop"] == pytest.approx(STEM_FLOPS / 1e9)
+        whole, out = run("--tasks", "flop", "parameter", "-n", 2, *opts)
+    finally:
+        unregister(dataset)
+    assert whole["flop"] > 3 * stem["flop"]  # the rest of ResNet-18, the FPN and the head
+    assert whole["parameter"] > 100 * STEM_PARAMS
+    assert "Total GFlops:" in out
+
+
+def test_bad_module_names(run):
+    with pytest.raises(KeyError, match="'backbone.nope'"):
+        run("--tasks", "parameter", "--module", "backbone.nope", "--config-file", RETINANET,
+            *TINY)
+    # The head takes a list of feature maps: not traceable alone.
+    with pytest.raises(ValueError, match="'head'.*list"):
+        run("--tasks", "flop", "--module", "head", "--input-size", 64, 64,
+            "--config-file", RETINANET, *TINY)
