@@ -21,6 +21,7 @@ from segtron.structures import (
     Instances,
     Keypoints,
     PolygonMasks,
+    RotatedBoxes,
     polygons_to_bitmask,
 )
 
@@ -418,11 +419,10 @@ def annotations_to_instances_rotated(
 ) -> Instances:
     """Like :func:`annotations_to_instances` for rotated boxes (``bbox`` is XYWHA_ABS).
 
-    Returns ``Instances`` with ``gt_boxes`` (RotatedBoxes) and ``gt_classes``; segmentations
-    and keypoints are not supported for rotated boxes.
+    Returns ``Instances`` with ``gt_boxes`` (RotatedBoxes, clipped as ``RotatedBoxes.clip``
+    does: only nearly horizontal boxes) and ``gt_classes``; segmentations and keypoints are not
+    supported for rotated boxes.
     """
-    from segtron.structures import RotatedBoxes  # optional structure, imported on use
-
     boxes = np.asarray([a["bbox"] for a in annos], dtype=np.float32).reshape(-1, 5)
     target = Instances(image_size)
     target.gt_boxes = RotatedBoxes(torch.as_tensor(boxes))

@@ -1,8 +1,7 @@
 """Basic layers with the ``detectron2.layers`` API: convs with norm, norms, ROIAlign, NMS,
-deformable convs, mask pasting and losses. Compiled ops come from ``torchvision.ops``.
-
-Not provided (torchvision has no kernels for them): ``nms_rotated``,
-``batched_nms_rotated``, ``ROIAlignRotated``/``roi_align_rotated``.
+deformable convs, mask pasting and losses. Compiled ops come from ``torchvision.ops``; the
+rotated-box ops (``nms_rotated``, ``batched_nms_rotated``, ``ROIAlignRotated`` /
+``roi_align_rotated``, ``pairwise_iou_rotated``), which torchvision lacks, are pure PyTorch.
 """
 
 from .batch_norm import (
@@ -15,8 +14,10 @@ from .batch_norm import (
 from .deform_conv import DeformConv, ModulatedDeformConv
 from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from .mask_ops import paste_masks_in_image
-from .nms import batched_nms, batched_nms_topk, nms
+from .nms import batched_nms, batched_nms_rotated, batched_nms_topk, nms, nms_rotated
 from .roi_align import ROIAlign, roi_align
+from .roi_align_rotated import ROIAlignRotated, roi_align_rotated
+from .rotated_boxes import pairwise_iou_rotated
 from .shape_spec import ShapeSpec
 from .winograd import winograd_available
 from .wrappers import (

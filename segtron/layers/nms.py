@@ -1,14 +1,25 @@
-"""Non-maximum suppression, as in ``detectron2.layers.nms``, on ``torchvision.ops``.
+"""Non-maximum suppression, as in ``detectron2.layers.nms``.
 
-Rotated-box NMS (``nms_rotated``, ``batched_nms_rotated``) is not provided: torchvision has
-no kernel for it.
+Axis-aligned NMS runs on ``torchvision.ops``. Rotated-box NMS (``nms_rotated``,
+``batched_nms_rotated``) is pure PyTorch and gives exactly the sequential greedy result. Boxes
+are taken by decreasing score in blocks. Within a block, overlaps are computed only for pairs
+whose bounding rectangles can reach the threshold (``rotated_boxes.candidate_pairs``), giving
+a sparse "may suppress" graph that is resolved in rounds, all boxes at once: a box with a kept
+suppressor is dropped; a box whose suppressors are all decided and none kept is kept (each
+round settles at least the block's first undecided box; chains are short in practice). The
+block's kept boxes then drop the lower-scoring boxes they overlap, so no IoU is computed for
+a box that is already dropped.
 """
+
+from typing import Optional, Tuple
 
 import torch
 from torchvision.ops import boxes as _box_ops
 from torchvision.ops import nms
 
-__all__ = ["batched_nms", "batched_nms_topk", "nms"]
+from .rotated_boxes import candidate_pairs, paired_iou_rotated
+
+__all__ = ["batched_nms", "batched_nms_rotated", "batched_nms_topk", "nms", "nms_rotated"]
 
 
 def _check_boxes(boxes: torch.Tensor, caller: str) -> None:
@@ -110,3 +121,146 @@ def batched_nms_topk(
             return members[keep[:topk]]
         k *= 4
     return _per_class_nms(boxes, scores, idxs, iou_threshold)[:topk]
+
+
+# -- rotated boxes --------------------------------------------------------------------------------
+
+_UNDECIDED, _KEPT, _DROPPED = 0, 1, 2
+# Boxes resolved together (the IoUs within a block are all computed).
+_NMS_BLOCK = 512
+
+
+def _check_rotated_inputs(boxes, scores, caller: str) -> None:
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
+        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(
+            f"{caller}: boxes must be an (N, 5) tensor of (cx, cy, w, h, angle_degrees) rows, "
+            f"got {shape}; pass RotatedBoxes.tensor for RotatedBoxes."
+        )
+    if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"{caller}: scores must have shape ({boxes.shape[0]},), one per box, got "
+            f"{tuple(scores.shape)}."
+        )
+
+
+def _count_into(num: int, targets: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """(num,) int32: for each node, how many edges into it have their flag set."""
+    counts = torch.zeros(num, dtype=torch.int32, device=targets.device)
+    return counts.index_add_(0, targets, flags.to(torch.int32))
+
+
+def _resolve_greedy(num: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Greedy decisions on a suppression graph.
+
+    Args:
+        num: number of boxes, in decreasing score order.
+        src, dst: (E,) edges, ``src < dst``: box ``src`` would suppress box ``dst``.
+
+    Returns:
+        (num,) bool: kept boxes.
+    """
+    state = torch.zeros(num, dtype=torch.int8, device=src.device)
+    while bool((state == _UNDECIDED).any()):
+        # Drop every undecided box that a kept box suppresses.
+        kept_in = _count_into(num, dst, state[src] == _KEPT)
+        state[(state == _UNDECIDED) & (kept_in > 0)] = _DROPPED
+        # Keep every undecided box with no undecided or kept suppressor left.
+        live_in = _count_into(num, dst, state[src] != _DROPPED)
+        state[(state == _UNDECIDED) & (live_in == 0)] = _KEPT
+        # Only edges into undecided boxes from boxes not dropped can still matter.
+        live = (state[dst] == _UNDECIDED) & (state[src] != _DROPPED)
+        src, dst = src[live], dst[live]
+    return state == _KEPT
+
+
+def _suppression_edges(
+    boxes1: torch.Tensor,
+    boxes2: torch.Tensor,
+    iou_threshold: float,
+    groups: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    upper_triangle: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (i, j) with IoU(boxes1[i], boxes2[j]) > iou_threshold (and equal groups)."""
+    first, second = candidate_pairs(
+        boxes1, boxes2, upper_triangle=upper_triangle, groups=groups, min_iou=iou_threshold
+    )
+    overlapping = paired_iou_rotated(boxes1[first], boxes2[second]) > iou_threshold
+    return first[overlapping], second[overlapping]
+
+
+def _nms(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, groups: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Greedy NMS in blocks: the next ``_NMS_BLOCK`` undecided boxes by score are resolved
+    among themselves (every higher-ranked box is decided and has already suppressed what it
+    suppresses), then the kept ones drop the lower-ranked boxes they overlap. The IoU of a pair
+    is computed only while its higher-ranked box may still be kept."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    ranked = boxes[order]
+    ranked_groups = groups[order] if groups is not None else None
+    undecided = torch.ones(ranked.shape[0], dtype=torch.bool, device=boxes.device)
+    kept = torch.zeros_like(undecided)
+    while True:
+        pending = torch.nonzero(undecided).squeeze(1)
+        if pending.numel() == 0:
+            break
+        block, rest = pending[:_NMS_BLOCK], pending[_NMS_BLOCK:]
+        block_groups = None if groups is None else (ranked_groups[block],) * 2
+        src, dst = _suppression_edges(ranked[block], ranked[block], iou_threshold, block_groups,
+                                      upper_triangle=True)
+        winners = block[_resolve_greedy(block.numel(), src, dst)]
+        undecided[block] = False
+        kept[winners] = True
+        if rest.numel() and winners.numel():
+            cross_groups = None if groups is None else (ranked_groups[winners],
+                                                        ranked_groups[rest])
+            _, losers = _suppression_edges(ranked[winners], ranked[rest], iou_threshold,
+                                           cross_groups, upper_triangle=False)
+            undecided[rest[losers]] = False
+    return order[kept]
+
+
+@torch.no_grad()
+def nms_rotated(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression of rotated boxes.
+
+    Args:
+        boxes: (N, 5) rows (cx, cy, w, h, angle): centre and size in pixels, angle in degrees
+            counter-clockwise.
+        scores: (N,) scores.
+        iou_threshold: a box is dropped when a kept higher-scoring box overlaps it with
+            IoU > this (Detectron2's documented rule; its CPU kernel uses >=).
+
+    Returns:
+        int64 tensor of the kept indices into ``boxes``, by decreasing score (ties in index
+        order). Boxes with zero size or non-finite numbers overlap nothing, so they are kept.
+    """
+    _check_rotated_inputs(boxes, scores, "nms_rotated")
+    return _nms(boxes, scores, iou_threshold, None)
+
+
+@torch.no_grad()
+def batched_nms_rotated(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """:func:`nms_rotated` run independently within each group of ``idxs`` (e.g. class or
+    feature level): boxes of different groups never suppress each other.
+
+    Args:
+        boxes: (N, 5) rotated boxes (cx, cy, w, h, angle_degrees).
+        scores: (N,) scores.
+        idxs: (N,) int64 group of each box.
+        iou_threshold: as in :func:`nms_rotated`.
+
+    Returns:
+        int64 tensor of the kept indices into ``boxes``, by decreasing score (ties in index
+        order).
+    """
+    _check_rotated_inputs(boxes, scores, "batched_nms_rotated")
+    if idxs.shape != scores.shape:
+        raise ValueError(
+            f"batched_nms_rotated: idxs must have shape ({boxes.shape[0]},), one group per box, "
+            f"got {tuple(idxs.shape)}."
+        )
+    return _nms(boxes, scores, iou_threshold, idxs)

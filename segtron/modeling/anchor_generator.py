@@ -11,7 +11,9 @@ per anchor, so the anchor order below is part of the model's output format:
   cell anchors in the order above, shifted to ``(x * stride + offset * stride,
   y * stride + offset * stride)``.
 
-Rotated anchors (``RotatedAnchorGenerator``) are not provided: segtron has no rotated boxes.
+``RotatedAnchorGenerator`` does the same with rotated cell anchors ``(0, 0, w, h, angle)``,
+ordered for each size, for each aspect ratio, for each angle (angle innermost), shifted by
+``(x, y, 0, 0, 0)``.
 """
 
 import collections.abc
@@ -23,19 +25,21 @@ from torch import nn
 
 from ..config import configurable
 from ..layers import ShapeSpec
-from ..structures import Boxes
+from ..structures import Boxes, RotatedBoxes
 from .registries import ANCHOR_GENERATOR_REGISTRY
 
 __all__ = [
     "ANCHOR_GENERATOR_REGISTRY",
     "BufferList",
     "DefaultAnchorGenerator",
+    "RotatedAnchorGenerator",
     "build_anchor_generator",
 ]
 
 _CFG_KEYS = {
     "sizes": "MODEL.ANCHOR_GENERATOR.SIZES",
     "aspect_ratios": "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+    "angles": "MODEL.ANCHOR_GENERATOR.ANGLES",
 }
 
 
@@ -67,7 +71,7 @@ def _is_sequence(value) -> bool:
 
 
 def _broadcast_params(params, num_features: int, name: str) -> List[List[float]]:
-    """Expand ``sizes`` / ``aspect_ratios`` to one list per feature map.
+    """Expand ``sizes`` / ``aspect_ratios`` / ``angles`` to one list per feature map.
 
     ``params`` is either a flat list of numbers (used for every feature map), a list holding one
     list (used for every feature map) or one list per feature map.
@@ -102,6 +106,7 @@ class DefaultAnchorGenerator(nn.Module):
 
     box_dim: int = 4
     """Numbers per anchor box: 4 for XYXY."""
+    _box_class = Boxes
 
     @configurable
     def __init__(
@@ -205,12 +210,15 @@ class DefaultAnchorGenerator(nn.Module):
             xs = torch.arange(start, width * stride, step=stride, **kw)
             ys = torch.arange(start, height * stride, step=stride, **kw)
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-            grid_x = grid_x.reshape(-1)
-            grid_y = grid_y.reshape(-1)
-            shifts = torch.stack((grid_x, grid_y, grid_x, grid_y), dim=1)  # (H*W, 4)
+            shifts = self._shifts(grid_x.reshape(-1), grid_y.reshape(-1))  # (H*W, box_dim)
             cells = cells.to(device=device)
-            out.append((shifts[:, None, :] + cells[None, :, :]).reshape(-1, 4))
+            out.append((shifts[:, None, :] + cells[None, :, :]).reshape(-1, self.box_dim))
         return out
+
+    @staticmethod
+    def _shifts(grid_x: torch.Tensor, grid_y: torch.Tensor) -> torch.Tensor:
+        """(L, 4) offsets (x, y, x, y) moving cell anchors to the L locations."""
+        return torch.stack((grid_x, grid_y, grid_x, grid_y), dim=1)
 
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
         """Args:
@@ -223,13 +231,92 @@ class DefaultAnchorGenerator(nn.Module):
         """
         if len(features) != self.num_features:
             raise ValueError(
-                f"DefaultAnchorGenerator was built for {self.num_features} feature maps "
+                f"{type(self).__name__} was built for {self.num_features} feature maps "
                 f"(strides {self.strides}) but got {len(features)}; the in-features of the "
                 "head and the strides of its input_shape must agree."
             )
         grid_sizes = [tuple(f.shape[-2:]) for f in features]
         anchors = self._grid_anchors(grid_sizes, [f.device for f in features])
-        return [Boxes(a) for a in anchors]
+        return [self._box_class(a) for a in anchors]
+
+
+@ANCHOR_GENERATOR_REGISTRY.register()
+class RotatedAnchorGenerator(DefaultAnchorGenerator):
+    """Rotated anchors for every location of several feature maps (RRPN style).
+
+    ``forward(features)`` returns one ``RotatedBoxes`` of (Hi * Wi * Ai, 5) float32 anchors
+    (cx, cy, w, h, angle_degrees) in input-image pixels per feature map: location-major
+    (row-major over the grid), and at each location the cell anchors for each size, for each
+    aspect ratio, for each angle.
+    """
+
+    box_dim: int = 5
+    """Numbers per anchor box: 5 for (cx, cy, w, h, angle)."""
+    _box_class = RotatedBoxes
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        sizes: Sequence,
+        aspect_ratios: Sequence,
+        strides: Sequence[int],
+        angles: Sequence,
+        offset: float = 0.0,
+    ):
+        """Args:
+            sizes, aspect_ratios, strides, offset: as in :class:`DefaultAnchorGenerator`.
+            angles: anchor angles in degrees (counter-clockwise), broadcast like ``sizes``:
+                a flat list or one list for every feature map, else one list per map.
+        """
+        super().__init__(sizes=sizes, aspect_ratios=aspect_ratios, strides=strides,
+                         offset=offset)
+        sizes = _broadcast_params(sizes, self.num_features, "sizes")
+        aspect_ratios = _broadcast_params(aspect_ratios, self.num_features, "aspect_ratios")
+        angles = _broadcast_params(angles, self.num_features, "angles")
+        self.cell_anchors = BufferList(
+            [self.generate_cell_anchors(s, a, t) for s, a, t in zip(sizes, aspect_ratios, angles)]
+        )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        """Arguments from MODEL.ANCHOR_GENERATOR.{SIZES, ASPECT_RATIOS, ANGLES, OFFSET} and
+        the strides of ``input_shape``."""
+        ret = super().from_config(cfg, input_shape)
+        ret["angles"] = cfg.MODEL.ANCHOR_GENERATOR.ANGLES
+        return ret
+
+    def generate_cell_anchors(
+        self,
+        sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1, 2),
+        angles: Sequence[float] = (-90, -60, -30, 0, 30, 60, 90),
+    ) -> torch.Tensor:
+        """Rotated anchors of one location, centred at (0, 0).
+
+        Args:
+            sizes: anchor sizes in pixels (square root of the area).
+            aspect_ratios: height / width ratios.
+            angles: angles in degrees.
+
+        Returns:
+            (len(sizes) * len(aspect_ratios) * len(angles), 5) float32 rows (0, 0, w, h,
+            angle): for each size, for each aspect ratio, for each angle, with
+            ``w = sqrt(size**2 / ratio)`` and ``h = ratio * w`` (Python double precision).
+        """
+        super().generate_cell_anchors(sizes, aspect_ratios)  # raises on non-positive values
+        rows = []
+        for size in sizes:
+            for ratio in aspect_ratios:
+                w = math.sqrt(float(size) ** 2 / ratio)
+                rows.extend([0.0, 0.0, w, ratio * w, float(a)] for a in angles)
+        return torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
+
+    @staticmethod
+    def _shifts(grid_x: torch.Tensor, grid_y: torch.Tensor) -> torch.Tensor:
+        """(L, 5) offsets (x, y, 0, 0, 0) moving cell anchors to the L locations."""
+        zeros = torch.zeros_like(grid_x)
+        return torch.stack((grid_x, grid_y, zeros, zeros, zeros), dim=1)
 
 
 def build_anchor_generator(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
@@ -242,11 +329,4 @@ def build_anchor_generator(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
     Returns:
         the module, called as ``obj(cfg, input_shape)`` from ``ANCHOR_GENERATOR_REGISTRY``.
     """
-    name = cfg.MODEL.ANCHOR_GENERATOR.NAME
-    if name == "RotatedAnchorGenerator" and name not in ANCHOR_GENERATOR_REGISTRY:
-        raise NotImplementedError(
-            "MODEL.ANCHOR_GENERATOR.NAME = 'RotatedAnchorGenerator' is not supported: segtron "
-            "has no rotated boxes. Use 'DefaultAnchorGenerator', or register your own rotated "
-            "anchor generator under that name."
-        )
-    return ANCHOR_GENERATOR_REGISTRY.get(name)(cfg, input_shape)
+    return ANCHOR_GENERATOR_REGISTRY.get(cfg.MODEL.ANCHOR_GENERATOR.NAME)(cfg, input_shape)

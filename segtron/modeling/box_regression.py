@@ -3,8 +3,9 @@
 Detectron2 path: ``detectron2.modeling.box_regression``.
 
 ``Box2BoxTransform`` is the R-CNN parameterisation used by RPN and the ROI box heads;
-``Box2BoxTransformLinear`` the FCOS-style distances to the four sides. All boxes are XYXY in
-absolute pixels; widths are ``x1 - x0`` (no ``+ 1``).
+``Box2BoxTransformLinear`` the FCOS-style distances to the four sides. Their boxes are XYXY in
+absolute pixels; widths are ``x1 - x0`` (no ``+ 1``). ``Box2BoxTransformRotated`` codes rotated
+boxes (cx, cy, w, h, angle_degrees) for RRPN and the rotated box head.
 """
 
 import math
@@ -19,6 +20,7 @@ from ..structures import Boxes
 __all__ = [
     "Box2BoxTransform",
     "Box2BoxTransformLinear",
+    "Box2BoxTransformRotated",
     "_dense_box_regression_loss",
     "check_box_reg_loss_type",
 ]
@@ -241,6 +243,124 @@ class Box2BoxTransformLinear:
         return pred.reshape(n, k * 4)
 
 
+def _normalize_degrees(angle: torch.Tensor) -> torch.Tensor:
+    """Angles in degrees brought into [-180, 180)."""
+    return (angle + 180.0) % 360.0 - 180.0
+
+
+class Box2BoxTransformRotated:
+    """The RRPN box transform of rotated boxes, with deltas (dx, dy, dw, dh, da).
+
+    For a source box (cx, cy, w, h, a) and a target (cx', cy', w', h', a'), angles in degrees:
+    ``dx = wx * (cx' - cx) / w``, ``dy = wy * (cy' - cy) / h`` (offsets along the image axes,
+    not the box's), ``dw = ww * log(w' / w)``, ``dh = wh * log(h' / h)`` and
+    ``da = wa * radians(a' - a)`` with ``a' - a`` first brought into [-180, 180). Decoded
+    angles are brought into [-180, 180) too.
+    """
+
+    def __init__(
+        self,
+        weights: Tuple[float, float, float, float, float],
+        scale_clamp: float = _DEFAULT_SCALE_CLAMP,
+    ):
+        """Args:
+            weights: (wx, wy, ww, wh, wa) multiplying the deltas: (1, 1, 1, 1, 1) for RRPN,
+                (10, 10, 5, 5, 1) for the rotated box head (MODEL.*.BBOX_REG_WEIGHTS).
+            scale_clamp: dw and dh are clamped to at most this before ``exp`` when decoding
+                (default log(1000 / 16)).
+        """
+        if len(weights) != 5:
+            raise ValueError(
+                f"Box2BoxTransformRotated: weights must be 5 numbers (wx, wy, ww, wh, wa), got "
+                f"{weights!r}; set MODEL.RPN.BBOX_REG_WEIGHTS / "
+                "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS to 5 values for rotated boxes."
+            )
+        self.weights = tuple(float(w) for w in weights)
+        self.scale_clamp = scale_clamp
+
+    def get_deltas(self, src_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+        """Deltas that turn each source box into its target (the inverse of ``apply_deltas``
+        up to angle normalisation, unless dw / dh exceed ``scale_clamp``).
+
+        Args:
+            src_boxes: (N, 5) rotated boxes (cx, cy, w, h, angle_degrees), e.g. anchors or
+                proposals, with positive width and height.
+            target_boxes: (N, 5) rotated boxes, e.g. the matched ground truth.
+
+        Returns:
+            (N, 5) deltas (dx, dy, dw, dh, da), da in (weighted) radians, inputs' dtype.
+        """
+        for what, t in (("src_boxes", src_boxes), ("target_boxes", target_boxes)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != 5:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(
+                    f"Box2BoxTransformRotated.get_deltas: {what} must be an (N, 5) tensor of "
+                    f"(cx, cy, w, h, angle) rows, got {shape}."
+                )
+        if src_boxes.shape[0] != target_boxes.shape[0]:
+            raise ValueError(
+                "Box2BoxTransformRotated.get_deltas: src_boxes and target_boxes need the same "
+                f"number of rows, got {src_boxes.shape[0]} and {target_boxes.shape[0]}."
+            )
+        if src_boxes.device.type == "cpu" and not bool((src_boxes[:, 2:4] > 0).all()):
+            raise ValueError(
+                "Box2BoxTransformRotated.get_deltas: every src box needs w > 0 and h > 0; got "
+                "empty source boxes (filter them out before encoding)."
+            )
+        src_x, src_y, src_w, src_h, src_a = src_boxes.unbind(dim=1)
+        tgt_x, tgt_y, tgt_w, tgt_h, tgt_a = target_boxes.unbind(dim=1)
+        wx, wy, ww, wh, wa = self.weights
+        dx = wx * (tgt_x - src_x) / src_w
+        dy = wy * (tgt_y - src_y) / src_h
+        dw = ww * torch.log(tgt_w / src_w)
+        dh = wh * torch.log(tgt_h / src_h)
+        # Angle deltas are radians (a natural scale for the regression), box angles degrees.
+        da = _normalize_degrees(tgt_a - src_a) * (wa * math.pi / 180.0)
+        return torch.stack((dx, dy, dw, dh, da), dim=1)
+
+    def apply_deltas(self, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Decode deltas relative to rotated boxes.
+
+        Args:
+            deltas: (N, k*5) deltas; row i holds k (e.g. class-specific) transforms
+                (dx, dy, dw, dh, da) of ``boxes[i]``.
+            boxes: (N, 5) reference rotated boxes (cx, cy, w, h, angle_degrees).
+
+        Returns:
+            (N, k*5) rotated boxes with angles in [-180, 180), in ``deltas``' dtype (float16 /
+            bfloat16 are decoded in float32).
+        """
+        if deltas.dim() != 2 or deltas.shape[1] % 5 != 0:
+            raise ValueError(
+                "Box2BoxTransformRotated.apply_deltas: deltas must have shape (N, k*5), got "
+                f"{tuple(deltas.shape)}."
+            )
+        if boxes.dim() != 2 or boxes.shape[1] != 5 or boxes.shape[0] != deltas.shape[0]:
+            raise ValueError(
+                f"Box2BoxTransformRotated.apply_deltas: boxes must have shape "
+                f"({deltas.shape[0]}, 5) to match deltas {tuple(deltas.shape)}, got "
+                f"{tuple(boxes.shape)}."
+            )
+        n, k = deltas.shape[0], deltas.shape[1] // 5
+        dtype = _compute_dtype(deltas)
+        d = deltas.to(dtype).reshape(n, k, 5)
+        ctr_x, ctr_y, widths, heights, angles = (v[:, None] for v in boxes.to(dtype).unbind(1))
+        wx, wy, ww, wh, wa = self.weights
+        dw = torch.clamp(d[:, :, 2] / ww, max=self.scale_clamp)
+        dh = torch.clamp(d[:, :, 3] / wh, max=self.scale_clamp)
+        pred = torch.stack(
+            (
+                d[:, :, 0] / wx * widths + ctr_x,
+                d[:, :, 1] / wy * heights + ctr_y,
+                torch.exp(dw) * widths,
+                torch.exp(dh) * heights,
+                _normalize_degrees(d[:, :, 4] / wa * (180.0 / math.pi) + angles),
+            ),
+            dim=2,
+        )
+        return pred.reshape(n, k * 5)
+
+
 _IOU_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
 
@@ -267,11 +387,12 @@ def _dense_box_regression_loss(
     """Box-regression loss of dense detectors (RPN, RetinaNet), summed over foreground anchors.
 
     Args:
-        anchors: one ``Boxes`` (or (Ai, 4) tensor) per level, Ai = Hi * Wi * A anchors in the
-            anchor generator's order; R = sum(Ai).
+        anchors: one ``Boxes`` / ``RotatedBoxes`` (or (Ai, B) tensor) per level, Ai = Hi * Wi * A
+            anchors in the anchor generator's order; R = sum(Ai); B = 4 (5 for rotated boxes,
+            with "smooth_l1" only).
         box2box_transform: the box coding the deltas use.
-        pred_anchor_deltas: one (N, Ai, 4) tensor of predicted deltas per level (N images).
-        gt_boxes: N tensors (R, 4): the ground-truth box matched to each anchor of each image.
+        pred_anchor_deltas: one (N, Ai, B) tensor of predicted deltas per level (N images).
+        gt_boxes: N tensors (R, B): the ground-truth box matched to each anchor of each image.
         fg_mask: (N, R) bool, the anchors that contribute.
         box_reg_loss_type: "smooth_l1" (on deltas: ``get_deltas(anchor, gt)`` vs the
             prediction), or "giou" / "diou" / "ciou" (on the decoded boxes vs the gt boxes).
@@ -283,8 +404,8 @@ def _dense_box_regression_loss(
     check_box_reg_loss_type(
         box_reg_loss_type, "box_reg_loss_type (e.g. MODEL.RPN.BBOX_REG_LOSS_TYPE)"
     )
-    if isinstance(anchors[0], Boxes):
-        anchors = Boxes.cat(list(anchors)).tensor
+    if isinstance(anchors[0], Boxes):  # Boxes or RotatedBoxes
+        anchors = type(anchors[0]).cat(list(anchors)).tensor
     else:
         anchors = cat(list(anchors))
     pred = cat(list(pred_anchor_deltas), dim=1)  # (N, R, 4)

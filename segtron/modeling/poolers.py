@@ -2,7 +2,8 @@
 
 Each box is pooled from one level of the pyramid, chosen by its size (FPN paper, eq. 1):
 ``level = floor(canonical_level + log2(sqrt(area) / canonical_box_size + 1e-8))``, clamped to
-the levels present. A 224 x 224 box goes to level 4 (p4, stride 16) by default.
+the levels present. A 224 x 224 box goes to level 4 (p4, stride 16) by default. Rotated boxes
+(``RotatedBoxes``, pooled with "ROIAlignRotated") use their area ``w * h`` the same way.
 """
 
 import math
@@ -12,22 +13,31 @@ import torch
 from torch import nn
 from torchvision.ops import RoIPool
 
-from ..layers import ROIAlign, cat, shapes_to_tensor
+from ..layers import ROIAlign, ROIAlignRotated, cat, shapes_to_tensor
 from ..layers.wrappers import is_channels_last
-from ..structures import Boxes
+from ..structures import Boxes, RotatedBoxes
 
 __all__ = ["ROIPooler", "assign_boxes_to_levels", "convert_boxes_to_pooler_format"]
 
 
 def _box_tensor(boxes: Union[Boxes, torch.Tensor]) -> torch.Tensor:
-    if isinstance(boxes, Boxes):
+    if isinstance(boxes, Boxes):  # RotatedBoxes too
         return boxes.tensor
-    if isinstance(boxes, torch.Tensor) and boxes.dim() == 2 and boxes.shape[1] == 4:
+    if isinstance(boxes, torch.Tensor) and boxes.dim() == 2 and boxes.shape[1] in (4, 5):
         return boxes
     raise TypeError(
-        f"ROIPooler: each entry of box_lists must be Boxes (or an (N, 4) tensor), got "
+        f"ROIPooler: each entry of box_lists must be Boxes or RotatedBoxes (or an (N, 4) / "
+        f"(N, 5) tensor), got "
         f"{type(boxes).__name__}{tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else ''}."
     )
+
+
+def _areas(boxes: Union[Boxes, torch.Tensor]) -> torch.Tensor:
+    """(N,) areas of XYXY boxes, or ``w * h`` of rotated (N, 5) boxes."""
+    t = _box_tensor(boxes)
+    if t.shape[1] == 5:
+        return RotatedBoxes(t).area()
+    return Boxes(t).area()
 
 
 def assign_boxes_to_levels(
@@ -40,7 +50,7 @@ def assign_boxes_to_levels(
     """Pyramid level of each box, as an offset from ``min_level``.
 
     Args:
-        box_lists: one ``Boxes`` per image (XYXY, input pixels).
+        box_lists: one ``Boxes`` (XYXY, input pixels) or ``RotatedBoxes`` per image.
         min_level, max_level: the levels present (level L has stride 2**L).
         canonical_box_size: box size (sqrt of the area, pixels) mapped to ``canonical_level``.
         canonical_level: level of a box of the canonical size.
@@ -49,7 +59,7 @@ def assign_boxes_to_levels(
         (M,) int64, M = total number of boxes over the images (concatenated in order); value i
         means level ``min_level + i``.
     """
-    sizes = torch.sqrt(cat([Boxes(_box_tensor(b)).area() for b in box_lists]))
+    sizes = torch.sqrt(cat([_areas(b) for b in box_lists]))
     levels = torch.floor(canonical_level + torch.log2(sizes / canonical_box_size + 1e-8))
     levels = torch.clamp(levels, min=min_level, max=max_level)
     return levels.to(torch.int64) - min_level
@@ -59,11 +69,13 @@ def convert_boxes_to_pooler_format(box_lists: List[Boxes]) -> torch.Tensor:
     """Concatenate per-image boxes into ROI format.
 
     Args:
-        box_lists: one ``Boxes`` (or (Ni, 4) tensor) per image of the batch.
+        box_lists: one ``Boxes`` (or (Ni, 4) tensor) per image of the batch, or one
+            ``RotatedBoxes`` (or (Ni, 5) tensor) per image.
 
     Returns:
         (M, 5) tensor, M = sum(Ni), rows (batch index, x0, y0, x1, y1) in image order, in the
-        boxes' dtype and device.
+        boxes' dtype and device; (M, 6) rows (batch index, cx, cy, w, h, angle) for rotated
+        boxes.
     """
     tensors = [_box_tensor(b) for b in box_lists]
     boxes = torch.cat(tensors, dim=0)
@@ -109,8 +121,8 @@ class ROIPooler(nn.Module):
                 each a power of 2, consecutive levels halving.
             sampling_ratio: ROIAlign samples per bin along each axis; 0 = adaptive.
             pooler_type: "ROIAlignV2" (ROIAlign with aligned=True, Detectron2's default),
-                "ROIAlign" (aligned=False, legacy) or "ROIPool" (max pooling).
-                "ROIAlignRotated" is not supported (no rotated boxes).
+                "ROIAlign" (aligned=False, legacy), "ROIPool" (max pooling) or
+                "ROIAlignRotated" (for ``RotatedBoxes``).
             canonical_box_size, canonical_level: a box of this size (sqrt of the area, px)
                 is pooled from this level (FPN eq. 1: 224 and 4).
         """
@@ -134,16 +146,15 @@ class ROIPooler(nn.Module):
         elif pooler_type == "ROIPool":
             poolers = [_RoIPoolLevel(output_size, s) for s in scales]
         elif pooler_type == "ROIAlignRotated":
-            raise NotImplementedError(
-                "ROIPooler: pooler_type 'ROIAlignRotated' is not supported (segtron has no "
-                "rotated boxes; torchvision has no rotated ROIAlign). Use 'ROIAlignV2'."
-            )
+            poolers = [ROIAlignRotated(output_size, s, sampling_ratio) for s in scales]
         else:
             raise ValueError(
                 f"ROIPooler: unknown pooler_type {pooler_type!r} (MODEL.ROI_*_HEAD.POOLER_TYPE); "
-                "use 'ROIAlignV2', 'ROIAlign' or 'ROIPool'."
+                "use 'ROIAlignV2', 'ROIAlign', 'ROIPool' or 'ROIAlignRotated'."
             )
         self.level_poolers = nn.ModuleList(poolers)
+        self._box_dim = 5 if pooler_type == "ROIAlignRotated" else 4
+        self._pooler_type = pooler_type
 
         levels = []
         for s in scales:
@@ -171,7 +182,8 @@ class ROIPooler(nn.Module):
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> torch.Tensor:
         """Args:
             x: one (N, C, Hl, Wl) feature map per level, in the order of ``scales``.
-            box_lists: N ``Boxes`` (XYXY in input-image pixels), one per image.
+            box_lists: N ``Boxes`` (XYXY in input-image pixels), one per image;
+                ``RotatedBoxes`` with pooler_type "ROIAlignRotated".
 
         Returns:
             (M, C, out_h, out_w), M = total number of boxes, in the order of the boxes
@@ -198,6 +210,14 @@ class ROIPooler(nn.Module):
         if len(box_lists) == 0:
             return x[0].new_zeros((0, channels, out_h, out_w))
 
+        box_dim = _box_tensor(box_lists[0]).shape[1]
+        if box_dim != self._box_dim:
+            raise ValueError(
+                f"ROIPooler: pooler_type {self._pooler_type!r} pools "
+                f"{'RotatedBoxes' if self._box_dim == 5 else 'Boxes'} ({self._box_dim} numbers "
+                f"per box) but got boxes with {box_dim}; use 'ROIAlignRotated' for RotatedBoxes "
+                "and 'ROIAlignV2' for Boxes (MODEL.ROI_*_HEAD.POOLER_TYPE)."
+            )
         rois = convert_boxes_to_pooler_format(box_lists)
         if num_levels == 1:
             return self.level_poolers[0](x[0], rois)

@@ -26,6 +26,7 @@ def detector_postprocess(
 
     - scales ``pred_boxes`` (or ``proposal_boxes``) by (out_w / in_w, out_h / in_h), clips them
       to the output size and drops boxes that became empty (zero width or height);
+      ``RotatedBoxes`` use their own ``scale`` / ``clip`` (only nearly horizontal ones clip);
     - pastes ``pred_masks`` ((N, 1, M, M) probabilities, or ``ROIMasks``) into the output size
       with bilinear sampling inside each box and thresholds them at ``mask_threshold``, giving
       an (N, out_h, out_w) bool tensor;
@@ -60,7 +61,8 @@ def detector_postprocess(
             f"fields are {sorted(results.get_fields())}."
         )
     boxes = results.get(box_field)
-    boxes = Boxes(boxes.tensor.clone()) if isinstance(boxes, Boxes) else Boxes(boxes.clone())
+    # Boxes or RotatedBoxes (which scale, clip and test emptiness their own way).
+    boxes = type(boxes)(boxes.tensor.clone()) if isinstance(boxes, Boxes) else Boxes(boxes.clone())
     boxes.scale(scale_x, scale_y)
     boxes.clip(new_size)
 

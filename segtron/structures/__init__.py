@@ -1,7 +1,7 @@
 """Data structures shared by the whole library (Detectron2 path: ``detectron2.structures``).
 
-Boxes, instance sets, padded image batches, masks and keypoints. All tensors keep the device of
-their inputs.
+Boxes (axis-aligned and rotated), instance sets, padded image batches, masks and keypoints.
+All tensors keep the device of their inputs.
 """
 
 from .boxes import (
@@ -24,11 +24,15 @@ from .masks import (
     polygons_to_bitmask,
     rasterize_polygons_within_box,
 )
+from .rotated_boxes import RotatedBoxes
+from .rotated_boxes import pairwise_iou as pairwise_iou_rotated
 
 __all__ = [
     "BoxMode",
     "Boxes",
+    "RotatedBoxes",
     "pairwise_iou",
+    "pairwise_iou_rotated",
     "pairwise_ioa",
     "pairwise_intersection",
     "pairwise_point_box_distance",

@@ -372,3 +372,20 @@ def test_annotations_to_instances_field_on_some_annotations_only():
     with_kps = dict(box, keypoints=[1, 1, 2, 2, 2, 2])
     with pytest.raises(ValueError, match=r"no 'keypoints'.*#1"):
         utils.annotations_to_instances([with_kps, box], (10, 10))
+
+
+def test_annotations_to_instances_rotated_clips_only_nearly_horizontal_boxes():
+    from segtron.data.detection_utils import annotations_to_instances_rotated
+    from segtron.structures import RotatedBoxes
+
+    annos = [
+        {"bbox": [90.0, 20.0, 40.0, 10.0, 0.0], "category_id": 3},  # x 70..110 in a 100-wide image
+        {"bbox": [50.0, 50.0, 20.0, 10.0, 45.0], "category_id": 1},  # rotated: left as it is
+    ]
+    instances = annotations_to_instances_rotated(annos, (60, 100))
+    assert isinstance(instances.gt_boxes, RotatedBoxes)
+    assert instances.gt_classes.tolist() == [3, 1]
+    boxes = instances.gt_boxes.tensor
+    # Clipped to x 70..100: centre 85, width 30; y and angle unchanged.
+    assert torch.allclose(boxes[0], torch.tensor([85.0, 20.0, 30.0, 10.0, 0.0]))
+    assert torch.allclose(boxes[1], torch.tensor([50.0, 50.0, 20.0, 10.0, 45.0]))

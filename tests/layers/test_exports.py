@@ -2,8 +2,7 @@ import importlib
 
 import segtron.layers as layers
 
-# Public names of detectron2.layers that segtron provides (rotated ops are left out: no
-# torchvision kernels), plus the losses.
+# Public names of detectron2.layers that segtron provides, plus the losses.
 EXPECTED = [
     "ShapeSpec", "Conv2d", "ConvTranspose2d", "BatchNorm2d", "Linear", "interpolate", "cat",
     "nonzero_tuple", "cross_entropy", "empty_input_loss_func_wrapper", "shapes_to_tensor",
@@ -11,7 +10,7 @@ EXPECTED = [
     "CycleBatchNormList", "LayerNorm", "ROIAlign", "roi_align", "nms", "batched_nms",
     "DeformConv", "ModulatedDeformConv", "paste_masks_in_image", "ciou_loss", "diou_loss",
     "giou_loss", "smooth_l1_loss", "sigmoid_focal_loss", "ASPP", "DepthwiseSeparableConv2d",
-    "CNNBlockBase",
+    "CNNBlockBase", "nms_rotated", "batched_nms_rotated", "ROIAlignRotated", "roi_align_rotated",
 ]
 
 
@@ -33,10 +32,9 @@ def test_submodules_importable_by_detectron2_paths():
         ("segtron.layers.deform_conv", "ModulatedDeformConv"),
         ("segtron.layers.mask_ops", "paste_masks_in_image"),
         ("segtron.layers.losses", "ciou_loss"),
+        ("segtron.layers.nms", "nms_rotated"),
+        ("segtron.layers.nms", "batched_nms_rotated"),
+        ("segtron.layers.roi_align_rotated", "ROIAlignRotated"),
+        ("segtron.layers.rotated_boxes", "pairwise_iou_rotated"),
     ]:
         assert hasattr(importlib.import_module(module), name), (module, name)
-
-
-def test_rotated_ops_are_not_provided():
-    for name in ("nms_rotated", "batched_nms_rotated", "ROIAlignRotated", "roi_align_rotated"):
-        assert not hasattr(layers, name)

@@ -161,10 +161,3 @@ def test_cuda_anchors_match_cpu():
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         torch.testing.assert_close(a.tensor, b.tensor.cpu(), rtol=0, atol=1e-5)
-
-
-def test_rotated_anchor_generator_is_a_clear_error():
-    cfg = get_cfg()
-    cfg.MODEL.ANCHOR_GENERATOR.NAME = "RotatedAnchorGenerator"
-    with pytest.raises(NotImplementedError, match="rotated"):
-        build_anchor_generator(cfg, [ShapeSpec(stride=4)])

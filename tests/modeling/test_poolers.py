@@ -18,7 +18,7 @@ from segtron.modeling.poolers import (
     assign_boxes_to_levels,
     convert_boxes_to_pooler_format,
 )
-from segtron.structures import Boxes
+from segtron.structures import Boxes, RotatedBoxes
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 IMAGE_HW = (256, 320)
@@ -180,8 +180,10 @@ def test_invalid_configurations():
         ROIPooler(7, [1 / 4, 1 / 6], 0, "ROIAlignV2")
     with pytest.raises(ValueError, match="pyramid"):
         ROIPooler(7, [1 / 4, 1 / 16], 0, "ROIAlignV2")
-    with pytest.raises(NotImplementedError, match="ROIAlignRotated"):
-        ROIPooler(7, [1 / 4], 0, "ROIAlignRotated")
+    with pytest.raises(ValueError, match="ROIAlignRotated"):
+        ROIPooler(7, [1 / 4], 0, "ROIAlignV2")(
+            [torch.zeros(1, 1, 8, 8)], [RotatedBoxes(torch.zeros(1, 5))]
+        )
     with pytest.raises(ValueError, match="'ROIAlignV3'"):
         ROIPooler(7, [1 / 4], 0, "ROIAlignV3")
     pooler = ROIPooler(7, SCALES, 0, "ROIAlignV2")

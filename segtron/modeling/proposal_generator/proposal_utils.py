@@ -25,6 +25,62 @@ _GT_PROB = 1.0 - 1e-10
 _GT_LOGIT = math.log(_GT_PROB / (1.0 - _GT_PROB))
 
 
+def select_top_per_level(
+    proposals: Sequence[torch.Tensor],
+    pred_objectness_logits: Sequence[torch.Tensor],
+    num_images: int,
+    pre_nms_topk: int,
+    box_dim: int,
+    caller: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1 and 2 of :func:`find_top_rpn_proposals` (shared with the rotated RRPN).
+
+    Args:
+        proposals: L tensors (N, Ai, box_dim) of decoded boxes, one per level.
+        pred_objectness_logits: L tensors (N, Ai).
+        num_images: N.
+        pre_nms_topk: candidates kept per level and image.
+        box_dim: numbers per box (4 for XYXY, 5 for rotated boxes).
+        caller: function name for error messages.
+
+    Returns:
+        scores (N, R), boxes (N, R, box_dim) and level ids (R,) int64 of the R kept
+        candidates, level 0 first, each level's by decreasing logit.
+    """
+    if len(proposals) != len(pred_objectness_logits):
+        raise ValueError(
+            f"{caller}: got {len(proposals)} levels of proposals but "
+            f"{len(pred_objectness_logits)} levels of objectness logits; pass one of each per "
+            "feature level."
+        )
+    if len(proposals) == 0:
+        raise ValueError(f"{caller}: no feature levels given.")
+    device = proposals[0].device
+    batch_idx = torch.arange(num_images, device=device)
+
+    level_scores, level_boxes, level_ids = [], [], []
+    for level, (boxes_i, logits_i) in enumerate(zip(proposals, pred_objectness_logits)):
+        if boxes_i.dim() != 3 or boxes_i.shape[-1] != box_dim or logits_i.dim() != 2:
+            raise ValueError(
+                f"{caller}: level {level} has proposals {tuple(boxes_i.shape)} and "
+                f"logits {tuple(logits_i.shape)}; expected (N, Ai, {box_dim}) and (N, Ai)."
+            )
+        if boxes_i.shape[:2] != logits_i.shape or boxes_i.shape[0] != num_images:
+            raise ValueError(
+                f"{caller}: level {level} has proposals {tuple(boxes_i.shape)} and "
+                f"logits {tuple(logits_i.shape)} for {num_images} image sizes; the first two "
+                "dims must agree and equal (num_images, Ai)."
+            )
+        num_keep = min(int(pre_nms_topk), logits_i.shape[1])
+        sorted_logits, order = logits_i.sort(descending=True, dim=1)
+        top_logits = sorted_logits[:, :num_keep]
+        top_idx = order[:, :num_keep]
+        level_scores.append(top_logits)
+        level_boxes.append(boxes_i[batch_idx[:, None], top_idx])  # (N, num_keep, box_dim)
+        level_ids.append(torch.full((num_keep,), level, dtype=torch.int64, device=device))
+    return cat(level_scores, dim=1), cat(level_boxes, dim=1), cat(level_ids, dim=0)
+
+
 def find_top_rpn_proposals(
     proposals: Sequence[torch.Tensor],
     pred_objectness_logits: Sequence[torch.Tensor],
@@ -65,43 +121,10 @@ def find_top_rpn_proposals(
         (``Boxes``, at most ``post_nms_topk``) and ``objectness_logits`` (raw logits), sorted
         by decreasing logit.
     """
-    if len(proposals) != len(pred_objectness_logits):
-        raise ValueError(
-            f"find_top_rpn_proposals: got {len(proposals)} levels of proposals but "
-            f"{len(pred_objectness_logits)} levels of objectness logits; pass one of each per "
-            "feature level."
-        )
-    if len(proposals) == 0:
-        raise ValueError("find_top_rpn_proposals: no feature levels given.")
-    num_images = len(image_sizes)
-    device = proposals[0].device
-    batch_idx = torch.arange(num_images, device=device)
-
-    level_scores, level_boxes, level_ids = [], [], []
-    for level, (boxes_i, logits_i) in enumerate(zip(proposals, pred_objectness_logits)):
-        if boxes_i.dim() != 3 or boxes_i.shape[-1] != 4 or logits_i.dim() != 2:
-            raise ValueError(
-                f"find_top_rpn_proposals: level {level} has proposals {tuple(boxes_i.shape)} and "
-                f"logits {tuple(logits_i.shape)}; expected (N, Ai, 4) and (N, Ai)."
-            )
-        if boxes_i.shape[:2] != logits_i.shape or boxes_i.shape[0] != num_images:
-            raise ValueError(
-                f"find_top_rpn_proposals: level {level} has proposals {tuple(boxes_i.shape)} and "
-                f"logits {tuple(logits_i.shape)} for {num_images} image sizes; the first two "
-                "dims must agree and equal (num_images, Ai)."
-            )
-        num_keep = min(int(pre_nms_topk), logits_i.shape[1])
-        sorted_logits, order = logits_i.sort(descending=True, dim=1)
-        top_logits = sorted_logits[:, :num_keep]
-        top_idx = order[:, :num_keep]
-        level_scores.append(top_logits)
-        level_boxes.append(boxes_i[batch_idx[:, None], top_idx])  # (N, num_keep, 4)
-        level_ids.append(torch.full((num_keep,), level, dtype=torch.int64, device=device))
-
-    all_scores = cat(level_scores, dim=1)
-    all_boxes = cat(level_boxes, dim=1)
-    all_levels = cat(level_ids, dim=0)
-
+    all_scores, all_boxes, all_levels = select_top_per_level(
+        proposals, pred_objectness_logits, len(image_sizes), pre_nms_topk, box_dim=4,
+        caller="find_top_rpn_proposals",
+    )
     results: List[Instances] = []
     for n, image_size in enumerate(image_sizes):
         boxes = Boxes(all_boxes[n])

@@ -163,6 +163,9 @@ class RPN(nn.Module):
     ``forward(images, features, gt_instances=None) -> (proposals, losses)``.
     """
 
+    _box2box_transform_class = Box2BoxTransform
+    """Box coding built by ``from_config`` from MODEL.RPN.BBOX_REG_WEIGHTS."""
+
     @configurable
     def __init__(
         self,
@@ -244,7 +247,7 @@ class RPN(nn.Module):
             "anchor_matcher": Matcher(
                 rpn.IOU_THRESHOLDS, rpn.IOU_LABELS, allow_low_quality_matches=True
             ),
-            "box2box_transform": Box2BoxTransform(weights=rpn.BBOX_REG_WEIGHTS),
+            "box2box_transform": cls._box2box_transform_class(weights=rpn.BBOX_REG_WEIGHTS),
             "batch_size_per_image": rpn.BATCH_SIZE_PER_IMAGE,
             "positive_fraction": rpn.POSITIVE_FRACTION,
             "pre_nms_topk": (rpn.PRE_NMS_TOPK_TRAIN, rpn.PRE_NMS_TOPK_TEST),

@@ -2,7 +2,8 @@
 ``detectron2.modeling.roi_heads``).
 
 Importing this package registers ``StandardROIHeads``, ``Res5ROIHeads``, ``CascadeROIHeads``,
-``FastRCNNConvFCHead``, ``MaskRCNNConvUpsampleHead`` and ``KRCNNConvDeconvUpsampleHead``.
+``RROIHeads``, ``FastRCNNConvFCHead``, ``MaskRCNNConvUpsampleHead`` and
+``KRCNNConvDeconvUpsampleHead``.
 """
 
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead, build_box_head
@@ -28,6 +29,7 @@ from .roi_heads import (
 )
 from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
+from .rotated_fast_rcnn import RROIHeads
 
 __all__ = [
     "ROI_BOX_HEAD_REGISTRY",
@@ -43,6 +45,7 @@ __all__ = [
     "MaskRCNNConvUpsampleHead",
     "ROIHeads",
     "Res5ROIHeads",
+    "RROIHeads",
     "StandardROIHeads",
     "build_box_head",
     "build_keypoint_head",

@@ -171,6 +171,9 @@ class FastRCNNOutputLayers(nn.Module):
     ``forward(x (R, C) or (R, C, H, W)) -> (scores (R, K+1), proposal_deltas (R, K*4 or 4))``.
     """
 
+    _box2box_transform_class = Box2BoxTransform
+    """Box coding built by ``from_config`` from MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS."""
+
     @configurable
     def __init__(
         self,
@@ -269,7 +272,7 @@ class FastRCNNOutputLayers(nn.Module):
         box_cfg = cfg.MODEL.ROI_BOX_HEAD
         return {
             "input_shape": input_shape,
-            "box2box_transform": Box2BoxTransform(weights=box_cfg.BBOX_REG_WEIGHTS),
+            "box2box_transform": cls._box2box_transform_class(weights=box_cfg.BBOX_REG_WEIGHTS),
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "cls_agnostic_bbox_reg": box_cfg.CLS_AGNOSTIC_BBOX_REG,
             "smooth_l1_beta": box_cfg.SMOOTH_L1_BETA,

@@ -14,7 +14,14 @@ from torch import nn
 
 from ...config import configurable
 from ...layers import ShapeSpec, nonzero_tuple
-from ...structures import Boxes, ImageList, Instances, pairwise_iou
+from ...structures import (
+    Boxes,
+    ImageList,
+    Instances,
+    RotatedBoxes,
+    pairwise_iou,
+    pairwise_iou_rotated,
+)
 from ...utils.events import get_event_storage
 from ..matcher import Matcher
 from ..proposal_generator.proposal_utils import add_ground_truth_to_proposals
@@ -23,6 +30,13 @@ from ..sampling import subsample_labels
 
 
 logger = logging.getLogger(__name__)
+
+def _match_quality(gt_boxes: Boxes, proposal_boxes: Boxes) -> torch.Tensor:
+    """(M, R) IoU of gt and proposal boxes: rotated IoU for ``RotatedBoxes``."""
+    if isinstance(gt_boxes, RotatedBoxes):
+        return pairwise_iou_rotated(gt_boxes, proposal_boxes)
+    return pairwise_iou(gt_boxes, proposal_boxes)
+
 
 def build_roi_heads(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     """Build the ROI heads named by ``cfg.MODEL.ROI_HEADS.NAME`` from the registry.
@@ -194,7 +208,7 @@ class ROIHeads(nn.Module):
         num_bg = []
         for props, gts in zip(proposals, targets):
             has_gt = len(gts) > 0
-            iou = pairwise_iou(gts.gt_boxes, props.proposal_boxes)
+            iou = _match_quality(gts.gt_boxes, props.proposal_boxes)
             matched_idxs, matched_labels = self.proposal_matcher(iou)
             sampled_idxs, gt_classes = self._sample_proposals(
                 matched_idxs, matched_labels, gts.gt_classes
@@ -207,7 +221,9 @@ class ROIHeads(nn.Module):
                     if name.startswith("gt_") and not props.has(name):
                         props.set(name, value[sampled_targets])
             else:
-                props.gt_boxes = Boxes(gts.gt_boxes.tensor.new_zeros((len(sampled_idxs), 4)))
+                empty_gt = gts.gt_boxes.tensor
+                zeros = empty_gt.new_zeros((len(sampled_idxs), empty_gt.shape[1]))
+                props.gt_boxes = type(gts.gt_boxes)(zeros)
 
             num_bg.append((gt_classes == self.num_classes).sum().item())
             num_fg.append(gt_classes.numel() - num_bg[-1])
