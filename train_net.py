@@ -6,6 +6,7 @@
     python train_net.py --config-file cfg.yaml --num-gpus 2 MODEL.DEVICE cpu    # 2 CPU processes
     python train_net.py --config-file cfg.yaml --resume                         # continue
     python train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+    python train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS m.pth TEST.AUG.ENABLED True
 
 Every package under ``projects/`` (a directory with an ``__init__.py``) is imported first, in
 every process: a project registers its components on import, and may define
@@ -20,8 +21,9 @@ import importlib
 import logging
 import os
 import sys
+from collections import OrderedDict
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 if REPO_ROOT not in sys.path:  # runnable as `python train_net.py` without installing segtron
@@ -42,6 +44,7 @@ from segtron.engine.defaults import (  # noqa: E402
     default_argument_parser,
     default_setup,
 )
+from segtron.engine import hooks  # noqa: E402
 from segtron.engine.launch import launch  # noqa: E402
 from segtron.engine.model_ema import load_model_ema_for_eval  # noqa: E402
 from segtron.evaluation import (  # noqa: E402
@@ -52,6 +55,7 @@ from segtron.evaluation import (  # noqa: E402
     SemSegEvaluator,
     verify_results,
 )
+from segtron.modeling import GeneralizedRCNNWithTTA  # noqa: E402
 from segtron.utils import comm  # noqa: E402
 
 logger = logging.getLogger("segtron.train_net")
@@ -170,6 +174,80 @@ class Trainer(DefaultTrainer):
         ]
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> Dict[str, Any]:
+        """Evaluate ``model`` (a GeneralizedRCNN, possibly in DDP) with test-time augmentation
+        (``GeneralizedRCNNWithTTA``: TEST.AUG.MIN_SIZES, MAX_SIZE, FLIP) on DATASETS.TEST, the
+        evaluators writing to ``<OUTPUT_DIR>/inference_TTA``.
+
+        Returns:
+            :meth:`test`'s results with every top-level key suffixed "_TTA" (``bbox`` ->
+            ``bbox_TTA``, or ``<dataset>`` -> ``<dataset>_TTA`` with several test datasets).
+        """
+        logger.info("Running inference with test-time augmentation ...")
+        tta_model = GeneralizedRCNNWithTTA(cfg, model)
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [
+            cls.build_evaluator(cfg, name, output_folder=output_folder)
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((f"{key}_TTA", value) for key, value in results.items())
+
+    def build_hooks(self) -> List[Any]:
+        """The default hooks; with TEST.AUG.ENABLED also an ``EvalHook`` that evaluates with
+        TTA after training (placed before the PeriodicWriter, so ``bbox_TTA/AP`` etc. reach
+        metrics.json) and logs the AP change against the plain evaluation."""
+        ret = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:
+            writer_at = next(
+                (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret)
+            )
+            ret.insert(writer_at, hooks.EvalHook(0, self._test_with_TTA_after_training))
+        return ret
+
+    def _test_with_TTA_after_training(self) -> Dict[str, Any]:
+        """:meth:`test_with_TTA` of the trained model (its EMA weights with MODEL_EMA, as the
+        plain evaluation uses), logging the change from the last plain evaluation."""
+        if self.model_ema is None:
+            tta_results = self.test_with_TTA(self.cfg, self.model)
+        else:
+            with self.model_ema.applied(self.model):
+                tta_results = self.test_with_TTA(self.cfg, self.model)
+        plain_results = getattr(self, "_last_eval_results", None)
+        if comm.is_main_process() and plain_results:
+            log_tta_change(plain_results, tta_results)
+        return tta_results
+
+
+def _ap_pairs(
+    results: Mapping, tta_results: Mapping
+) -> Iterator[Tuple[str, float, float]]:
+    """(name, plain AP, TTA AP) for every task with an "AP" in both results: top-level tasks
+    (``bbox`` / ``bbox_TTA``), or tasks one level down with several test datasets
+    (``<dataset>`` / ``<dataset>_TTA``, named "<dataset> <task>")."""
+    for key, plain in results.items():
+        tta = tta_results.get(f"{key}_TTA")
+        if not isinstance(plain, Mapping) or not isinstance(tta, Mapping):
+            continue
+        if "AP" in plain and "AP" in tta:
+            yield key, plain["AP"], tta["AP"]
+            continue
+        for task, task_plain in plain.items():
+            task_tta = tta.get(task)
+            if isinstance(task_plain, Mapping) and isinstance(task_tta, Mapping) \
+                    and "AP" in task_plain and "AP" in task_tta:
+                yield f"{key} {task}", task_plain["AP"], task_tta["AP"]
+
+
+def log_tta_change(results: Mapping, tta_results: Mapping) -> None:
+    """Log "TTA changes <task> AP from X to Y (+Z)" for each task evaluated both plainly
+    (``results``) and with TTA (``tta_results``, keys suffixed "_TTA")."""
+    for name, plain_ap, tta_ap in _ap_pairs(results, tta_results):
+        logger.info(
+            "TTA changes %s AP from %.2f to %.2f (%+.2f)", name, plain_ap, tta_ap, tta_ap - plain_ap
+        )
+
 
 def build_config(args) -> CfgNode:
     """The config of ``args`` (not frozen): defaults, every project's ``add_config``, then
@@ -195,23 +273,27 @@ def setup(args) -> CfgNode:
 
 
 def main(args) -> Optional[Dict[str, Any]]:
-    """Evaluate (``--eval-only``) or train, in each process."""
+    """Evaluate (``--eval-only``) or train, in each process. With TEST.AUG.ENABLED the model is
+    also evaluated with test-time augmentation (after training, or after the plain evaluation
+    with ``--eval-only``; results under ``bbox_TTA`` etc.) and the AP change is logged."""
     cfg = setup(args)
     for dataset_name in cfg.DATASETS.TEST:  # fail now rather than after training
         evaluator_classes(dataset_name)
-    if cfg.TEST.AUG.ENABLED:
-        raise NotImplementedError(
-            "TEST.AUG.ENABLED (test-time augmentation) is not available in segtron yet; set "
-            "TEST.AUG.ENABLED False."
-        )
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
+        if cfg.TEST.AUG.ENABLED:
+            GeneralizedRCNNWithTTA(cfg, model)  # an unsupported model fails before evaluating
         remaining = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         load_model_ema_for_eval(cfg, model, remaining or {})  # MODEL_EMA: its average
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            tta_results = Trainer.test_with_TTA(cfg, model)
+            if comm.is_main_process():
+                log_tta_change(results, tta_results)
+            results.update(tta_results)
         if comm.is_main_process() and not verify_results(cfg, results):
             raise RuntimeError(
                 "The evaluation results do not match TEST.EXPECTED_RESULTS (the mismatches are "
@@ -220,6 +302,8 @@ def main(args) -> Optional[Dict[str, Any]]:
         return results
 
     trainer = Trainer(cfg)
+    if cfg.TEST.AUG.ENABLED:
+        GeneralizedRCNNWithTTA(cfg, trainer.model)  # fail now rather than after training
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -53,5 +53,6 @@ from .roi_heads import (
     build_mask_head,
     build_roi_heads,
 )
+from .test_time_augmentation import DatasetMapperTTA, GeneralizedRCNNWithTTA
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -247,6 +247,40 @@ def test_build_evaluator_by_evaluator_type(tmp_path):
             MetadataCatalog.remove(name)
 
 
+def test_tta_ap_change_is_logged_per_task_and_dataset(engine_log):
+    """One line per task with an AP in both results; one test dataset (tasks at the top) or
+    several (tasks under each dataset, whose key gets the "_TTA" suffix)."""
+    train_net.log_tta_change(
+        {"bbox": {"AP": 40.0, "AP50": 60.0}, "segm": {"AP": 30.0}, "sem_seg": {"mIoU": 5.0}},
+        {"bbox_TTA": {"AP": 41.5}, "segm_TTA": {"AP": 29.25}, "sem_seg_TTA": {"mIoU": 6.0}},
+    )
+    train_net.log_tta_change(
+        {"a": {"bbox": {"AP": 10.0}}, "b": {"bbox": {"AP": 20.0}}},
+        {"a_TTA": {"bbox": {"AP": 12.0}}, "b_TTA": {"bbox": {"AP": 20.0}}},
+    )
+    lines = [r.getMessage() for r in engine_log.records if r.name == "segtron.train_net"]
+    assert lines == [
+        "TTA changes bbox AP from 40.00 to 41.50 (+1.50)",
+        "TTA changes segm AP from 30.00 to 29.25 (-0.75)",
+        "TTA changes a bbox AP from 10.00 to 12.00 (+2.00)",
+        "TTA changes b bbox AP from 20.00 to 20.00 (+0.00)",
+    ]
+
+
+def test_tta_of_an_unsupported_model_fails_before_evaluating(tmp_path, monkeypatch):
+    """TEST.AUG.ENABLED with a RetinaNet: a ValueError naming the meta-architecture, raised
+    before the plain evaluation runs."""
+    monkeypatch.setattr(train_net.Trainer, "test",
+                        classmethod(lambda *a, **k: pytest.fail("evaluated before checking")))
+    args = train_net.default_argument_parser().parse_args([
+        "--eval-only", "--config-file", os.path.join(REPO, "configs", "Shapes",
+                                                     "retinanet_R_18_FPN.yaml"),
+        "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu", "TEST.AUG.ENABLED", "True",
+    ])
+    with restored_process_state(), pytest.raises(ValueError, match="MODEL.META_ARCHITECTURE"):
+        train_net.main(args)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -420,3 +454,48 @@ def test_semantic_crop_reads_the_single_category_limit():
     assert build_sem_seg_train_augmentation(cfg)[1].single_category_max_area == 0.75
     cfg.INPUT.CROP.ENABLED = False
     assert len(build_sem_seg_train_augmentation(cfg)) == 2  # resize and flip
+
+
+_TTA = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(96, 128)", "TEST.AUG.MAX_SIZE", "160"]
+
+
+def _tables(log_file):
+    """{task: AP} of each "copypaste:" table of a log, in order, as (task, AP) pairs."""
+    lines = _copypaste(log_file)
+    return [(lines[i].split("Task: ", 1)[1], float(lines[i + 2].split(",")[0]))
+            for i in range(len(lines)) if lines[i].startswith("Task: ")]
+
+
+@pytest.mark.slow
+def test_tta_after_training_and_in_eval_only(shapes_env, tmp_path):
+    """TEST.AUG.ENABLED: training ends with a plain then a TTA evaluation (``bbox_TTA/AP`` in
+    metrics.json, predictions in inference_TTA/); --eval-only of the saved weights logs both
+    tables again, with the same numbers, and the AP change of each task."""
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    _run(["--config-file", TINY_CONFIG, *SMALL, *_TTA, "OUTPUT_DIR", str(train_dir),
+          "SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "100"], shapes_env, tmp_path)
+    _run(["--eval-only", "--config-file", TINY_CONFIG, *SMALL, *_TTA, "OUTPUT_DIR",
+          str(eval_dir), "MODEL.WEIGHTS", str(train_dir / "model_final.pth")], shapes_env,
+         tmp_path)
+
+    with open(os.path.join(shapes_env["SEGTRON_DATASETS"], "shapes", "annotations",
+                           "instances_val.json")) as f:
+        sizes = {im["id"]: (im["height"], im["width"]) for im in json.load(f)["images"]}
+    for out in (train_dir, eval_dir):
+        tables = _tables(out / "log.txt")
+        assert [task for task, _ in tables] == ["bbox", "segm", "bbox", "segm"]  # plain, TTA
+        log = (out / "log.txt").read_text()
+        for (task, plain_ap), (_, tta_ap) in zip(tables[:2], tables[2:]):
+            change = f"TTA changes {task} AP from {plain_ap:.2f} to {tta_ap:.2f} "
+            assert change + f"({tta_ap - plain_ap:+.2f})" in log
+        with open(out / "inference_TTA" / "coco_instances_results.json") as f:
+            predictions = json.load(f)
+        assert len(predictions) > 0
+        # Boxes (XYWH) mapped back into the original val images, whatever copy they came from.
+        for p in predictions:
+            (x, y, w, h), (height, width) = p["bbox"], sizes[p["image_id"]]
+            assert x >= 0 and y >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01
+    assert _tables(eval_dir / "log.txt") == _tables(train_dir / "log.txt")
+    final = _metrics(train_dir)[-1]
+    assert final["bbox_TTA/AP"] == pytest.approx(_tables(train_dir / "log.txt")[2][1], abs=1e-4)
+    assert final["segm_TTA/AP"] == pytest.approx(_tables(train_dir / "log.txt")[3][1], abs=1e-4)
