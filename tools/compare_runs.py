@@ -4,17 +4,20 @@ training curves in one picture.
 
 Each argument is a training OUTPUT_DIR (with ``metrics.json`` and ``config.yaml``, as
 ``train_net.py`` writes them). Prints one row per run with its final evaluation results
-(bbox and segm AP, AP50, AP75, APs, APm, APl by default), last validation loss, training time
-and iterations, then the config keys whose values differ between the runs. With ``--plot``
-also writes the curves (losses, learning rate, AP) of all runs into one PNG. With ``--cost``
-the table gains each trained model's inference cost (parameters, GFLOPs, CPU ms per image;
-``segtron.utils.model_cost``), and ``--cost-plot`` draws AP against CPU time. ``--markdown``
-also writes the table as GitHub Markdown.
+(by default bbox and segm AP, AP50, AP75, APs, APm, APl, and F1max: F1 at the best score
+threshold), last validation loss, training time and iterations, then the config keys whose
+values differ between the runs. With ``--plot`` also writes the curves (losses, learning rate,
+AP, F1max) of all runs into one PNG. With ``--cost`` the table gains each trained model's
+inference cost (parameters, GFLOPs, CPU ms per image; ``segtron.utils.model_cost``), and
+``--cost-plot`` draws AP against CPU time. ``--markdown`` also writes the table as GitHub
+Markdown.
 
 Example::
 
     python tools/compare_runs.py output/baseline output/lr0.02 --plot curves.png
     python tools/compare_runs.py output/run1 --metrics segm/AP segm/AP-circle
+    python tools/compare_runs.py output/run1 --metrics bbox/F1max bbox/P@F1max bbox/R@F1max \
+        bbox/thresh@F1max
     python tools/compare_runs.py output/shapes_faster output/shapes_retinanet --cost \
         --markdown ablation.md --cost-plot ablation.png
 """
@@ -35,8 +38,10 @@ from tabulate import tabulate  # noqa: E402
 
 from segtron.utils import run_analysis  # noqa: E402
 
+# Per task: COCO AP, then F1 at the score threshold that maximises it (COCOEvaluator's
+# operating point, pooled over classes; "thresh@F1max" is that threshold).
 DEFAULT_METRICS = [f"{task}/{name}" for task in ("bbox", "segm")
-                   for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+                   for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "F1max")]
 MAX_VALUE_WIDTH = 40  # config values longer than this are shortened in the table
 COST_HEADERS = ["params (M)", "GFLOPs", "CPU ms/img"]
 COST_PLOT_METRIC = "bbox/AP"  # else the first metric shown
@@ -53,7 +58,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="also draw the training curves of all runs into this PNG")
     parser.add_argument("--metrics", nargs="+", metavar="KEY", default=None,
                         help="evaluation keys to show, as in metrics.json (default: AP, AP50, "
-                             "AP75, APs, APm, APl of bbox and segm)")
+                             "AP75, APs, APm, APl, F1max of bbox and segm; also e.g. "
+                             "bbox/thresh@F1max, bbox/F1max-<class>)")
     parser.add_argument("--smoothing", type=int, default=20,
                         help="moving-average window of the plotted losses, in metrics.json "
                              "lines (default 20; 1 turns smoothing off)")

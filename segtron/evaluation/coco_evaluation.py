@@ -5,7 +5,9 @@ model runs, and at the end gathers them from all processes and scores them on th
 with the COCO API, one task at a time (``bbox``, ``segm``, ``keypoints``). The fast path uses
 faster-coco-eval (C++ matching and accumulation); ``use_fast_impl=False`` uses pycocotools.
 Both give the same numbers; results are percentages (``{"bbox": {"AP": 38.2, "AP50": ...,
-"AP-person": ...}}``), NaN where COCO cannot compute a metric.
+"AP-person": ...}}``), NaN where COCO cannot compute a metric. Next to AP, bbox and segm also
+report the operating point at maximal F1 (``F1max``, ``P@F1max``, ``R@F1max`` and the score
+``thresh@F1max``, overall and per class; see ``operating_point``).
 """
 
 import contextlib
@@ -32,6 +34,7 @@ from ..utils.logger import create_small_table, create_table_with_header
 from .coco_proposals import evaluate_box_proposals_ar
 from .evaluator import DatasetEvaluator
 from .fast_eval_api import get_coco_backend, is_fast_coco, load_coco_api, run_coco_eval
+from .operating_point import report_operating_points
 
 __all__ = ["COCOEvaluator", "instances_to_coco_json"]
 
@@ -404,9 +407,13 @@ class COCOEvaluator(DatasetEvaluator):
                 if len(coco_results) > 0
                 else None
             )
+            class_names = self._metadata.get("thing_classes")
             self._results[task] = self._derive_coco_results(
-                coco_eval, task, class_names=self._metadata.get("thing_classes")
+                coco_eval, task, class_names=class_names
             )
+            if coco_eval is not None and task in ("bbox", "segm"):
+                # After AP (whose keys and numbers stay Detectron2's): P/R/F1 at max F1.
+                self._results[task].update(report_operating_points(coco_eval, task, class_names))
 
     def _derive_coco_results(self, coco_eval, iou_type: str, class_names=None) -> Dict[str, float]:
         """Turn a summarized COCOeval into ``{metric: percent}`` plus per-category ``AP-<name>``.

@@ -36,6 +36,7 @@ from segtron.utils.file_io import PathManager
 
 __all__ = [
     "EVALUATION_TASKS",
+    "EVALUATION_PANELS",
     "load_metrics",
     "training_curves",
     "is_evaluation_key",
@@ -56,6 +57,11 @@ logger = logging.getLogger(__name__)
 # ``{"bbox": {"AP": ...}}``); with several test datasets the names gain a dataset prefix
 # (``shapes_val/bbox/AP``), so any component may name the task.
 EVALUATION_TASKS = ("bbox", "segm", "keypoints", "sem_seg", "panoptic_seg", "box_proposals")
+
+# Evaluation results drawn as panels of their own when a run has them (key, y label): COCO AP
+# and F1 at the best score threshold (``COCOEvaluator``'s operating point).
+EVALUATION_PANELS = (("bbox/AP", "AP (%)"), ("segm/AP", "AP (%)"), ("bbox/F1max", "F1 (%)"),
+                     ("segm/F1max", "F1 (%)"))
 
 _TOTAL_TIME_RE = re.compile(r"Total training time: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 
@@ -361,9 +367,9 @@ def _panels(all_curves: Sequence[Mapping[str, Any]]) -> List[Tuple[str, str, Lis
     panels.extend((name, "loss", [name]) for name in components)
     if "lr" in keys:
         panels.append(("learning rate", "lr", ["lr"]))
-    for metric in ("bbox/AP", "segm/AP"):
+    for metric, ylabel in EVALUATION_PANELS:
         if metric in keys:
-            panels.append((metric, "AP (%)", [metric]))
+            panels.append((metric, ylabel, [metric]))
     return panels
 
 
@@ -374,8 +380,9 @@ def plot_runs(output_dirs: Sequence[str], path: str, smoothing: int = 20,
     Panels: total loss (centred moving average over ``smoothing`` points, or a quarter of the
     run's points if fewer, see :func:`smooth`; as a line, the raw values faint behind it,
     validation loss dashed with markers when the run has one), each ``loss_*`` component
-    (smoothed, validation dashed), the learning rate, and ``bbox/AP`` / ``segm/AP`` against the
-    iteration (markers) when a run has evaluation results. Each run has one colour throughout;
+    (smoothed, validation dashed), the learning rate, and ``bbox/AP`` / ``segm/AP`` (and
+    ``bbox/F1max`` / ``segm/F1max``, F1 at the best score threshold) against the iteration
+    (markers) when a run has those evaluation results. Each run has one colour throughout;
     the legend at the top names the runs by directory.
 
     Args:
@@ -426,7 +433,7 @@ def plot_runs(output_dirs: Sequence[str], path: str, smoothing: int = 20,
             if key not in curves:
                 continue
             iters, values = curves[key]
-            if key in ("bbox/AP", "segm/AP"):
+            if key in dict(EVALUATION_PANELS):
                 ax.plot(iters, values, color=color, marker="o", markersize=5, linewidth=1.5)
                 continue
             if key == "lr":

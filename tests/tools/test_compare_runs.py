@@ -95,6 +95,28 @@ def test_markdown_table(runs, tmp_path):
     assert "params (M)" not in proc.stdout  # no cost columns without --cost
 
 
+def test_f1max_columns_by_default_and_in_markdown(tmp_path):
+    a = make_fake_run(tmp_path / "base", log_time="0:01:40", with_f1max=True)
+    b = make_fake_run(tmp_path / "better", log_time="0:01:40", with_f1max=True, ap_offset=2)
+    markdown = tmp_path / "f1.md"
+    proc = _run(a, b, "--markdown", markdown)
+    assert proc.returncode == 0, proc.stderr
+    expected = [f"{task}/{name}" for task in ("bbox", "segm")
+                for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "F1max")]
+    assert proc.stdout.splitlines()[0].split()[-len(expected):] == expected
+    lines = markdown.read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[4:] == expected
+    rows = {cells[0]: cells for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:4])}
+    assert rows["better"][header.index("bbox/F1max")] == "47.00"
+    assert rows["better"][header.index("segm/F1max")] == "42.00"
+    assert rows["base"][header.index("bbox/F1max")] == "45.00"
+    # The threshold of the operating point is there on request.
+    proc = _run(a, "--metrics", "bbox/F1max", "bbox/thresh@F1max")
+    assert proc.stdout.splitlines()[2].split()[-2:] == ["45.00", "0.50"]
+
+
 # ------------------------------------------------------------------------- inference cost
 
 

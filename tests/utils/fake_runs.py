@@ -17,8 +17,9 @@ EVAL_ITERS = (99, MAX_ITER)
 LOSS_NAMES = ("loss_cls", "loss_box_reg", "loss_mask")
 
 
-def fake_records(base_lr: float, ap_offset: float = 0.0) -> List[Dict]:
-    """Metrics records of a 200-iteration run with two evaluations."""
+def fake_records(base_lr: float, ap_offset: float = 0.0, with_f1max: bool = False) -> List[Dict]:
+    """Metrics records of a 200-iteration run with two evaluations (``with_f1max``: also the
+    operating point at max F1 of ``COCOEvaluator``: bbox/F1max 45, segm/F1max 40 at the end)."""
     records = []
     for itr in range(PERIOD - 1, MAX_ITER, PERIOD):
         progress = (itr + 1) / MAX_ITER
@@ -38,6 +39,10 @@ def fake_records(base_lr: float, ap_offset: float = 0.0) -> List[Dict]:
                                 ("APl", 8)):
                 results[f"{task}/{name}"] = (base + extra + ap_offset) * scale
         results["segm/AP-circle"] = 40.0 * scale + ap_offset
+        if with_f1max:
+            for task, base in (("bbox", 45.0), ("segm", 40.0)):
+                results[f"{task}/F1max"] = (base + ap_offset) * scale
+                results[f"{task}/thresh@F1max"] = 0.5
         results["val_total_loss"] = 1.2 - 0.3 * scale
         results["val_loss_cls"] = 0.6 - 0.1 * scale
         if itr < MAX_ITER:
@@ -49,16 +54,16 @@ def fake_records(base_lr: float, ap_offset: float = 0.0) -> List[Dict]:
 
 def make_fake_run(directory: Path, base_lr: float = 0.01, batch_size_per_image: int = 512,
                   ap_offset: float = 0.0, truncated_last_line: bool = False,
-                  log_time: Optional[str] = None) -> Path:
+                  log_time: Optional[str] = None, with_f1max: bool = False) -> Path:
     """Write a fake OUTPUT_DIR at ``directory`` and return it.
 
     Its config is the default one with ``SOLVER.BASE_LR``, ``MODEL.ROI_HEADS.
     BATCH_SIZE_PER_IMAGE`` and ``OUTPUT_DIR`` set; ``truncated_last_line`` appends half a
     record (a crash mid-write); ``log_time`` (e.g. ``"0:01:40"``) writes a log.txt with that
-    total training time.
+    total training time; ``with_f1max`` adds F1max results (see ``fake_records``).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r, sort_keys=True) for r in fake_records(base_lr, ap_offset)]
+    lines = [json.dumps(r, sort_keys=True) for r in fake_records(base_lr, ap_offset, with_f1max)]
     text = "\n".join(lines) + "\n"
     if truncated_last_line:
         text += '{"data_time": 0.01, "iteration": 219, "loss_'

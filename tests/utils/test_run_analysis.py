@@ -240,6 +240,16 @@ def test_plot_runs_without_evaluation_has_fewer_panels(tmp_path):
     assert pixels.shape[0] < 900  # one row: total loss, loss_cls, lr
 
 
+def test_plot_panels_include_f1max_when_evaluated(tmp_path):
+    with_f1 = training_curves(load_metrics(make_fake_run(tmp_path / "f1", with_f1max=True)))
+    without = training_curves(load_metrics(make_fake_run(tmp_path / "plain")))
+    titles = [title for title, _, _ in run_analysis._panels([without, with_f1])]
+    assert titles[-4:] == ["bbox/AP", "segm/AP", "bbox/F1max", "segm/F1max"]
+    assert "bbox/F1max" not in [title for title, _, _ in run_analysis._panels([without])]
+    pixels = _open_png(plot_runs([tmp_path / "plain", tmp_path / "f1"], tmp_path / "f1.png"))
+    assert pixels.std() > 10
+
+
 def test_plot_runs_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         plot_runs([tmp_path / "missing"], tmp_path / "x.png")
