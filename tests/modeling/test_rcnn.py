@@ -175,12 +175,6 @@ def test_training_with_precomputed_proposals():
         model(inputs)
 
 
-def test_visualisation_not_available_yet():
-    model = _model(vis_period=1).train()
-    with EventStorage(), pytest.raises(NotImplementedError, match="visualizer"):
-        model(_inputs(with_gt=True))
-
-
 def test_inference_postprocesses_to_requested_size():
     model = _model().eval()
     inputs = _inputs()

@@ -291,7 +291,8 @@ def test_vis_period_puts_a_picture():
     with EventStorage() as storage:
         model(batch)
         (name, picture, _), = storage.vis_data
-    assert "ground-truth" in name and picture.shape == (3, 64, 32)
+    assert name == "Top: GT bounding boxes; Bottom: 20 Highest Scoring Results"  # Detectron2's
+    assert picture.shape == (3, 64, 32)
 
 
 # -- head ------------------------------------------------------------------------------------

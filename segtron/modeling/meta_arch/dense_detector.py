@@ -418,5 +418,5 @@ class DenseDetector(nn.Module):
         boxes = predicted.pred_boxes.tensor.detach().cpu().numpy()[:max_boxes]
         pred = Visualizer(image, None).overlay_instances(boxes=boxes)
         picture = np.vstack((gt.get_image(), pred.get_image())).transpose(2, 0, 1)
-        name = f"Top: ground-truth boxes; bottom: the {max_boxes} highest-scoring detections"
+        name = f"Top: GT bounding boxes; Bottom: {max_boxes} Highest Scoring Results"
         get_event_storage().put_image(name, torch.from_numpy(picture.copy()))

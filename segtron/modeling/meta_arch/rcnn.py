@@ -16,10 +16,12 @@ Both models take Detectron2's batched inputs: a list with one dict per image hol
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from ...config import configurable
+from ...data.detection_utils import convert_image_to_rgb
 from ...structures import ImageList, Instances
 from ...utils.events import get_event_storage
 from ..backbone import Backbone, build_backbone
@@ -50,6 +52,8 @@ class GeneralizedRCNN(nn.Module):
     Instances}]`` in each input's "height" x "width".
     """
 
+    VIS_MAX_PROPOSALS = 20  # proposals drawn by visualize_training
+
     @configurable
     def __init__(
         self,
@@ -70,9 +74,11 @@ class GeneralizedRCNN(nn.Module):
                 None to read precomputed proposals from the inputs' "proposals".
             roi_heads: ``(images, features, proposals, gt_instances) -> (results, losses)``.
             pixel_mean, pixel_std: per-channel normalisation ``(x - mean) / std``.
-            input_format: channel order of the input images (e.g. "BGR"); informational,
-                used by training visualisation.
-            vis_period: visualise training proposals every this many iterations (0: never).
+            input_format: channel order of the input images (e.g. "BGR"); used to draw them
+                in RGB for the training visualisation.
+            vis_period: every this many training iterations, put a picture of the first
+                image's ground truth and top proposals into the event storage
+                (:meth:`visualize_training`); 0: never.
             channels_last: feed the backbone channels-last (NHWC) batches, which run faster on
                 CPU; results then differ from Detectron2's by float rounding (MODEL.CHANNELS_LAST).
             winograd_conv: on CPU, run the FPN, RPN and ROI-head convolutions with NNPACK's
@@ -114,11 +120,33 @@ class GeneralizedRCNN(nn.Module):
     device = device_property
 
     def visualize_training(self, batched_inputs: List[Dict], proposals: List[Instances]) -> None:
-        """Draw ground truth and top proposals into the event storage (every VIS_PERIOD
-        iterations). Not available yet: it needs segtron's Visualizer."""
-        raise NotImplementedError(
-            "Training visualisation (VIS_PERIOD > 0) is not available yet: it comes with the "
-            "visualizer (segtron.utils.visualizer). Set VIS_PERIOD 0 for now."
+        """Put one picture into the event storage, as Detectron2 does every VIS_PERIOD
+        iterations: the first image of the batch with its ground-truth boxes (left) next to the
+        same image with its ``VIS_MAX_PROPOSALS`` highest-scoring proposals (right).
+
+        Args:
+            batched_inputs: the training batch; its first "image" (CHW, ``input_format``) and
+                "instances" (``gt_boxes``) are drawn.
+            proposals: the proposal generator's output for the batch, one ``Instances`` per
+                image with ``proposal_boxes`` sorted by decreasing objectness.
+
+        The picture is an RGB uint8 (3, H, 2 * W) tensor, named "Left: GT bounding boxes;  Right:
+        Predicted proposals" (``EventStorage.put_image``).
+        """
+        from ...utils.visualizer import Visualizer  # matplotlib: only when drawing
+
+        image = batched_inputs[0]["image"]
+        image = convert_image_to_rgb(image.permute(1, 2, 0), self.input_format)
+        gt_boxes = batched_inputs[0]["instances"].gt_boxes.tensor.detach().cpu().numpy()
+        gt_picture = Visualizer(image, None).overlay_instances(boxes=gt_boxes).get_image()
+        boxes = proposals[0].proposal_boxes.tensor[: self.VIS_MAX_PROPOSALS]
+        proposal_picture = Visualizer(image, None).overlay_instances(
+            boxes=boxes.detach().cpu().numpy()
+        ).get_image()
+        picture = np.concatenate((gt_picture, proposal_picture), axis=1).transpose(2, 0, 1)
+        get_event_storage().put_image(
+            "Left: GT bounding boxes;  Right: Predicted proposals",
+            torch.from_numpy(np.ascontiguousarray(picture)),
         )
 
     def _features_for_roi_heads(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
