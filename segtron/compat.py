@@ -60,9 +60,23 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
                 name=fullname,
             ) from None
         is_package = hasattr(module, "__path__")
+        if is_package:
+            _alias_loaded_submodules(target_name)
         return importlib.machinery.ModuleSpec(
             fullname, ExistingModuleLoader(module), is_package=is_package
         )
+
+
+def _alias_loaded_submodules(package: str) -> None:
+    """Register every already-imported ``segtron.<package>.X`` as ``detectron2.<...>.X`` in
+    ``sys.modules`` directly. Importing such a submodule through the import system would set it
+    as an attribute of its (shared) parent package, replacing a same-named public object:
+    ``import detectron2.layers.nms`` would turn ``segtron.layers.nms`` from the function into
+    the module. Registered this way, the import finds it and changes nothing."""
+    prefix = package + "."
+    for name, module in list(sys.modules.items()):
+        if name.startswith(prefix) and module is not None:
+            sys.modules.setdefault(_ALIAS + name[len(_TARGET):], module)
 
 
 def _installed_finder() -> Optional[_AliasFinder]:

@@ -86,3 +86,22 @@ def test_library_never_imports_detectron2():
             if stripped.startswith(("import detectron2", "from detectron2")):
                 offenders.append(f"{path}: {stripped}")
     assert not offenders, offenders
+
+
+def test_importing_a_submodule_does_not_replace_a_same_named_function():
+    """``detectron2.layers.nms`` is both a module and the function the package exports; an
+    aliased import of the module must leave the package attribute the function."""
+    import importlib
+
+    import segtron.layers
+
+    compat.install_detectron2_alias()
+    try:
+        module = importlib.import_module("detectron2.layers.nms")
+        assert module is importlib.import_module("segtron.layers.nms")
+        assert callable(segtron.layers.nms) and segtron.layers.nms is module.nms
+        from detectron2.layers import nms
+
+        assert nms is module.nms
+    finally:
+        compat.uninstall_detectron2_alias()

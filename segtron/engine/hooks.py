@@ -53,6 +53,7 @@ __all__ = [
     "TorchProfiler",
     "TorchMemoryStats",
     "ValidationLoss",
+    "AutogradProfiler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -572,3 +573,7 @@ class TorchMemoryStats(HookBase):
         if self._runs == self._max_runs:
             logger.info("\n%s", torch.cuda.memory_summary())
         torch.cuda.reset_peak_memory_stats()
+
+
+# Defined in its own file (it subclasses TorchProfiler above); exported here, as in Detectron2.
+from .autograd_profiler import AutogradProfiler  # noqa: E402

@@ -29,6 +29,7 @@ __all__ = [
     "shared_random_seed",
     "reduce_dict",
     "create_local_process_group",
+    "get_local_process_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,17 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
         group = dist.new_group(list(range(first, first + num_workers_per_machine)))
         if machine == my_machine:
             _LOCAL_PROCESS_GROUP = group
+
+
+def get_local_process_group():
+    """Return the process group of the processes on this machine (e.g. for a per-machine
+    SyncBN), made by ``create_local_process_group`` (``launch`` calls it).
+
+    Raises AssertionError (Detectron2's type) with how to create it, when it was not created.
+    """
+    if _LOCAL_PROCESS_GROUP is None:
+        raise AssertionError(_MISSING_LOCAL_PG_ERROR)
+    return _LOCAL_PROCESS_GROUP
 
 
 def synchronize(timeout: Optional[timedelta] = None) -> None:

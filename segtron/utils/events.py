@@ -11,7 +11,17 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
-__all__ = ["EventStorage", "get_event_storage", "EventStorageError", "put_scalars_if_recording"]
+__all__ = [
+    "EventStorage",
+    "get_event_storage",
+    "has_event_storage",
+    "EventStorageError",
+    "put_scalars_if_recording",
+    # Writers live in event_writers.py; Detectron2 exports them from this module.
+    "JSONWriter",
+    "TensorboardXWriter",
+    "CommonMetricPrinter",
+]
 
 _CURRENT_STORAGE_STACK: List["EventStorage"] = []
 
@@ -34,6 +44,12 @@ def get_event_storage() -> "EventStorage":
             "Wrap the training loop (or the test) in `with EventStorage(start_iter):`."
         )
     return _CURRENT_STORAGE_STACK[-1]
+
+
+def has_event_storage() -> bool:
+    """Return True inside a ``with EventStorage(...)`` block (``get_event_storage()`` would
+    succeed), False outside any."""
+    return bool(_CURRENT_STORAGE_STACK)
 
 
 def put_scalars_if_recording(**scalars: float) -> bool:

@@ -28,6 +28,8 @@ __all__ = [
     "log_every_n_seconds",
     "create_small_table",
     "create_table_with_header",
+    "D2_LOG_BUFFER_SIZE_KEY",
+    "DEFAULT_LOG_BUFFER_SIZE",
 ]
 
 # Short names shown in console lines instead of the root package name.
@@ -41,8 +43,11 @@ _HANDLER_TAG = "_segtron_setup_logger_key"
 
 # Buffer size used for log files on remote storage (``scheme://`` paths); local files keep
 # Python's default buffering so every line is on disk as soon as the handler flushes it.
-_REMOTE_LOG_BUFFER_SIZE = 1024 * 1024
-_LOG_BUFFER_SIZE_ENV = ("SEGTRON_LOG_BUFFER_SIZE", "D2_LOG_BUFFER_SIZE")
+DEFAULT_LOG_BUFFER_SIZE: int = 1024 * 1024
+# Environment variable overriding that size (Detectron2's name; SEGTRON_LOG_BUFFER_SIZE wins).
+D2_LOG_BUFFER_SIZE_KEY: str = "D2_LOG_BUFFER_SIZE"
+_REMOTE_LOG_BUFFER_SIZE = DEFAULT_LOG_BUFFER_SIZE
+_LOG_BUFFER_SIZE_ENV = ("SEGTRON_LOG_BUFFER_SIZE", D2_LOG_BUFFER_SIZE_KEY)
 
 
 class _ColorfulFormatter(logging.Formatter):
@@ -312,3 +317,14 @@ def create_table_with_header(
         numalign="left",
     )
 
+
+def _log_api_usage(identifier: str) -> None:
+    """Record that component ``identifier`` (e.g. ``"modeling.meta_arch.GeneralizedRCNN"``) was
+    used, through PyTorch's API-usage logger (a no-op unless a logging handler is installed).
+
+    Detectron2 calls this from its constructors; it is kept for code that does the same.
+    Returns None.
+    """
+    import torch  # here, not at the top: this module is imported before anything needs torch
+
+    torch._C._log_api_usage_once("segtron." + identifier)

@@ -43,3 +43,33 @@ def locate(name: str) -> Any:
     if obj is None:
         raise ImportError(f"Cannot locate '{name}': no importable module attribute has that path.")
     return obj
+
+
+def _convert_target_to_string(obj: Any) -> str:
+    """The inverse of ``locate``: a dotted path that ``locate`` resolves back to ``obj``.
+
+    Takes any object with ``__module__`` and ``__qualname__`` (a class or function) and returns
+    the shortest ``<module prefix>.<qualname>`` that still locates the same object, e.g.
+    ``segtron.modeling.GeneralizedRCNN`` rather than ``segtron.modeling.meta_arch.rcnn.
+    GeneralizedRCNN``, so the string survives moving the implementation between files.
+
+    Raises:
+        ValueError: ``obj`` has no ``__module__`` / ``__qualname__`` (an instance, say); pass
+            its class instead.
+    """
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise ValueError(
+            f"Cannot name {obj!r}: it has no __module__/__qualname__. Pass a class or a "
+            "function (e.g. type(obj)), not an instance."
+        )
+    parts = module.split(".")
+    for k in range(1, len(parts)):
+        candidate = ".".join(parts[:k] + [qualname])
+        try:
+            if locate(candidate) is obj:
+                return candidate
+        except (ImportError, pydoc.ErrorDuringImport):
+            continue
+    return f"{module}.{qualname}"

@@ -59,6 +59,8 @@ def test_create_local_process_group_needs_distributed():
 def test_missing_local_pg_error_says_how_to_fix():
     assert "create_local_process_group" in comm._MISSING_LOCAL_PG_ERROR
     assert comm._LOCAL_PROCESS_GROUP is None
+    with pytest.raises(AssertionError, match="create_local_process_group"):
+        comm.get_local_process_group()
 
 
 def test_gloo_group_is_created_once_on_nccl(monkeypatch):
@@ -112,6 +114,7 @@ def _two_process_worker(rank: int, port: int) -> None:
         # ... and from the local process group (all processes on one machine).
         comm.create_local_process_group(WORLD_SIZE)
         assert comm._LOCAL_PROCESS_GROUP is not None
+        assert comm.get_local_process_group() is comm._LOCAL_PROCESS_GROUP
         assert comm.get_local_rank() == rank and comm.get_local_size() == WORLD_SIZE
 
         # Arbitrary picklable objects, in rank order.

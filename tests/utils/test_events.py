@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from segtron.utils.events import EventStorage, EventStorageError, get_event_storage
+from segtron.utils.events import (
+    EventStorage,
+    EventStorageError,
+    get_event_storage,
+    has_event_storage,
+)
 
 
 def test_get_event_storage_outside_context():
@@ -115,3 +120,22 @@ def test_images_and_histograms():
     assert hist["bucket_counts"] == [1.0, 2.0, 1.0]
     storage.clear_histograms()
     assert storage._histograms == []
+
+
+
+def test_has_event_storage():
+    assert not has_event_storage()
+    with EventStorage():
+        assert has_event_storage()
+        with EventStorage():
+            assert has_event_storage()
+        assert has_event_storage()
+    assert not has_event_storage()
+
+
+def test_writers_are_exported_from_events_as_in_detectron2():
+    from segtron.utils import event_writers, events
+
+    for name in ("JSONWriter", "TensorboardXWriter", "CommonMetricPrinter"):
+        assert name in events.__all__
+        assert getattr(events, name) is getattr(event_writers, name)

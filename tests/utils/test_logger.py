@@ -222,3 +222,17 @@ def test_create_table_with_header():
 
     with pytest.raises(ValueError, match="multiple"):
         create_table_with_header(per_class, headers=["a", "b", "c", "d"])
+
+
+def test_log_buffer_size_constants(monkeypatch):
+    assert logger_mod.D2_LOG_BUFFER_SIZE_KEY == "D2_LOG_BUFFER_SIZE"
+    monkeypatch.delenv("SEGTRON_LOG_BUFFER_SIZE", raising=False)
+    monkeypatch.delenv(logger_mod.D2_LOG_BUFFER_SIZE_KEY, raising=False)
+    assert logger_mod._log_buffer_size("s3://bucket/log.txt") == logger_mod.DEFAULT_LOG_BUFFER_SIZE
+    assert logger_mod._log_buffer_size("/tmp/log.txt") == -1  # local files: Python's default
+    monkeypatch.setenv(logger_mod.D2_LOG_BUFFER_SIZE_KEY, "4096")
+    assert logger_mod._log_buffer_size("s3://bucket/log.txt") == 4096
+
+
+def test_log_api_usage_accepts_an_identifier():
+    assert logger_mod._log_api_usage("modeling.meta_arch.GeneralizedRCNN") is None

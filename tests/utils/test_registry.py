@@ -53,3 +53,18 @@ def test_locate():
     assert locate("torch.nn.ReLU") is torch.nn.ReLU
     with pytest.raises(ImportError, match="no.such"):
         locate("no.such.thing")
+
+
+def test_convert_target_to_string_is_the_shortest_path_locate_resolves():
+    from segtron.modeling.meta_arch.rcnn import GeneralizedRCNN
+    from segtron.utils.registry import _convert_target_to_string
+
+    name = _convert_target_to_string(GeneralizedRCNN)
+    assert name == "segtron.modeling.GeneralizedRCNN"
+    assert locate(name) is GeneralizedRCNN
+    # Not re-exported higher up: the full path.
+    assert _convert_target_to_string(_convert_target_to_string) == (
+        "segtron.utils.registry._convert_target_to_string"
+    )
+    with pytest.raises(ValueError, match="not an instance"):
+        _convert_target_to_string(object())
