@@ -74,6 +74,8 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tensorboard>=2.14",
+        # The Cityscapes evaluators run its official evaluation scripts.
+        "cityscapesscripts>=2.3.0,<3",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3"]},
 )

@@ -48,9 +48,12 @@ from segtron.engine import hooks  # noqa: E402
 from segtron.engine.launch import launch  # noqa: E402
 from segtron.engine.model_ema import load_model_ema_for_eval  # noqa: E402
 from segtron.evaluation import (  # noqa: E402
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
     COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluators,
+    LVISEvaluator,
     PascalVOCDetectionEvaluator,
     SemSegEvaluator,
     verify_results,
@@ -101,13 +104,18 @@ def evaluator_classes(dataset_name: str) -> List[type]:
     """The evaluators that score ``dataset_name``, from its metadata's ``evaluator_type``:
 
     - "coco": ``COCOEvaluator`` (boxes, masks, keypoints);
-    - "sem_seg" and "cityscapes_sem_seg": ``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC; for
-      Cityscapes on the 19 train ids of its ``*_labelTrainIds.png``, ignore 255);
+    - "sem_seg": ``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC);
+    - "cityscapes_sem_seg": ``CityscapesSemSegEvaluator`` (IoU, iIoU, IoU_sup, iIoU_sup through
+      cityscapesScripts, as Detectron2);
+    - "cityscapes_instance": ``CityscapesInstanceEvaluator`` (mask AP, AP50 through
+      cityscapesScripts);
     - "coco_panoptic_seg": ``COCOPanopticEvaluator`` (PQ), plus ``SemSegEvaluator`` when the
       dataset has semantic labels (metadata ``sem_seg_root``, the "_separated" registrations)
       and ``COCOEvaluator`` when it has an instances json (metadata ``json_file``);
     - "pascal_voc": ``PascalVOCDetectionEvaluator`` (VOC07 11-point / VOC12 area AP at IoU
-      0.50:0.95).
+      0.50:0.95);
+    - "lvis": ``LVISEvaluator`` (LVIS's federated box / mask AP with APr / APc / APf; segtron's
+      own implementation of the LVIS evaluation).
 
     Raises:
         NotImplementedError: for any other type, naming the dataset, its type and the
@@ -117,18 +125,24 @@ def evaluator_classes(dataset_name: str) -> List[type]:
     evaluator_type = metadata.get("evaluator_type")
     if evaluator_type == "coco":
         return [COCOEvaluator]
-    if evaluator_type in ("sem_seg", "cityscapes_sem_seg"):
+    if evaluator_type == "sem_seg":
         return [SemSegEvaluator]
+    if evaluator_type == "cityscapes_sem_seg":
+        return [CityscapesSemSegEvaluator]
+    if evaluator_type == "cityscapes_instance":
+        return [CityscapesInstanceEvaluator]
     if evaluator_type == "coco_panoptic_seg":
         classes = [SemSegEvaluator] if metadata.get("sem_seg_root") else []
         classes += [COCOEvaluator] if metadata.get("json_file") else []
         return classes + [COCOPanopticEvaluator]
     if evaluator_type == "pascal_voc":
         return [PascalVOCDetectionEvaluator]
+    if evaluator_type == "lvis":
+        return [LVISEvaluator]
     raise NotImplementedError(
         f"No evaluator for dataset '{dataset_name}' with evaluator_type {evaluator_type!r}; "
-        "train_net.py evaluates 'coco', 'sem_seg', 'cityscapes_sem_seg', 'coco_panoptic_seg' "
-        "and 'pascal_voc'. "
+        "train_net.py evaluates 'coco', 'sem_seg', 'cityscapes_sem_seg', 'cityscapes_instance', "
+        "'coco_panoptic_seg', 'pascal_voc' and 'lvis'. "
         "Set the dataset's metadata (e.g. "
         f"MetadataCatalog.get('{dataset_name}').evaluator_type = 'coco' for COCO-style "
         "annotations), drop it from DATASETS.TEST, or add a branch for your type to "

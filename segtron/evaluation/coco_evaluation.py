@@ -33,10 +33,16 @@ from ..utils.file_io import PathManager
 from ..utils.logger import create_small_table, create_table_with_header
 from .coco_proposals import evaluate_box_proposals_ar
 from .evaluator import DatasetEvaluator
-from .fast_eval_api import get_coco_backend, is_fast_coco, load_coco_api, run_coco_eval
+from .fast_eval_api import (
+    COCOevalMaxDets,
+    get_coco_backend,
+    is_fast_coco,
+    load_coco_api,
+    run_coco_eval,
+)
 from .operating_point import report_operating_points
 
-__all__ = ["COCOEvaluator", "instances_to_coco_json"]
+__all__ = ["COCOEvaluator", "COCOevalMaxDets", "instances_to_coco_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +173,9 @@ class COCOEvaluator(DatasetEvaluator):
                 only; False: evaluate this process's predictions alone.
             output_dir: where to write predictions, results and converted annotations.
             max_dets_per_image: detection limit per image (an int N means COCO's ``maxDets``
-                ``[1, 10, N]``; a 3-sequence is taken as is); default ``[1, 10, 100]``.
+                ``[1, 10, N]``; a 3-sequence is taken as is); default ``[1, 10, 100]``. AP is
+                reported at the largest limit (e.g. 300 for LVIS-style AP; pycocotools then
+                runs ``COCOevalMaxDets``); keypoints keep COCO's 20.
             use_fast_impl: faster-coco-eval (falls back to pycocotools when not installed).
             kpt_oks_sigmas: per-keypoint OKS sigmas for keypoint AP (default: COCO person).
             allow_cached_coco: reuse a previously converted annotation file.

@@ -11,7 +11,9 @@ objects (ground truth and results), so each back-end here pairs a ``COCO`` class
   pycocotools when faster-coco-eval is not installed;
 * ``load_coco_api(json_file, fast)`` reads a ground-truth file with the chosen back-end;
 * ``run_coco_eval`` runs evaluate/accumulate/summarize with the summary lines in the log, and
-  supports a maximum number of detections other than 100 (Detectron2's ``COCOevalMaxDets``).
+  supports a maximum number of detections other than 100: faster-coco-eval's summarize knows
+  it; with pycocotools it uses ``COCOevalMaxDets`` (Detectron2's class, re-exported by
+  ``coco_evaluation``), whose summarize reports AP at ``maxDets[2]`` instead of a fixed 100.
 """
 
 import contextlib
@@ -20,8 +22,10 @@ import logging
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+from pycocotools.cocoeval import COCOeval
 
 __all__ = [
+    "COCOevalMaxDets",
     "COCOeval_opt",
     "FAST_COCO_EVAL_AVAILABLE",
     "get_coco_backend",
@@ -86,20 +90,20 @@ def _mean_valid(values: np.ndarray) -> float:
     return float(np.mean(valid)) if valid.size else -1.0
 
 
-def summarize_detection_stats(coco_eval) -> np.ndarray:
+def summarize_detection_stats(coco_eval, max_det_index: Optional[int] = None) -> np.ndarray:
     """The 12 bbox/segm summary numbers of an accumulated COCOeval, for any ``maxDets``.
 
     Same layout and definitions as pycocotools' ``summarize`` (AP, AP50, AP75, APs, APm, APl,
-    AR@maxDets[0..2], ARs, ARm, ARl), except that the AP and area entries use the last entry
-    of ``params.maxDets`` instead of a fixed 100 -- what Detectron2's ``COCOevalMaxDets`` does
-    for limits such as 300 detections per image.
+    AR@maxDets[0..2], ARs, ARm, ARl), except that the AP and area entries use the entry
+    ``max_det_index`` (default: the last) of ``params.maxDets`` instead of a fixed 100 -- what
+    Detectron2's ``COCOevalMaxDets`` does for limits such as 300 detections per image.
     """
     params = coco_eval.params
     precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
     recall = coco_eval.eval["recall"]  # [T, K, A, M]
     iou_thrs = np.asarray(params.iouThrs)
     labels = list(params.areaRngLbl)
-    last = len(params.maxDets) - 1
+    last = len(params.maxDets) - 1 if max_det_index is None else max_det_index
 
     def ap(iou: Optional[float] = None, area: str = "all") -> float:
         values = precision[..., labels.index(area), last]
@@ -126,6 +130,39 @@ def summarize_detection_stats(coco_eval) -> np.ndarray:
             ar(area="large"),
         ]
     )
+
+
+class COCOevalMaxDets(COCOeval):
+    """pycocotools' ``COCOeval`` whose summary uses the custom detection limit (Detectron2's).
+
+    COCO's ``summarize`` reports AP at ``maxDets=100`` only; this one reports AP, AP50, AP75,
+    APs/m/l and ARs/m/l at ``params.maxDets[2]`` (e.g. 300 for LVIS-style
+    ``COCOEvaluator(max_dets_per_image=300)``) and AR at ``maxDets[0..2]``. ``evaluate`` sorts
+    ``maxDets`` first. Keypoints keep COCO's summary (20 detections).
+    """
+
+    def summarize(self) -> None:
+        """Set ``self.stats`` (12 fractions, -1 where undefined) and print COCO's summary lines.
+
+        Raises:
+            ValueError: before ``accumulate()``, or with fewer than 3 ``params.maxDets``.
+        """
+        if not self.eval:
+            raise ValueError(
+                "COCOevalMaxDets.summarize: nothing accumulated; call evaluate() and "
+                "accumulate() first."
+            )
+        if self.params.iouType == "keypoints":
+            super().summarize()
+            return
+        max_dets = list(self.params.maxDets)
+        if len(max_dets) < 3:
+            raise ValueError(
+                f"COCOevalMaxDets: params.maxDets={max_dets} has fewer than 3 limits; set 3, "
+                "e.g. [1, 10, 300]."
+            )
+        self.stats = summarize_detection_stats(self, max_det_index=2)
+        print(_format_stats(self.stats, max_dets[:3]))
 
 
 def _log_lines(text: str) -> None:
@@ -161,6 +198,10 @@ def run_coco_eval(
         library's summary printout goes to this module's logger.
     """
     _, eval_cls, _ = get_coco_backend(fast)
+    max_dets = [int(m) for m in max_dets]
+    # COCOeval sorts maxDets; pycocotools' summarize only knows a largest limit of 100.
+    if eval_cls is not COCOeval_opt and iou_type != "keypoints" and max(max_dets) != 100:
+        eval_cls = COCOevalMaxDets
     kwargs: dict = {}
     if eval_cls is COCOeval_opt and COCOeval_opt is not None:
         kwargs["print_function"] = logger.info
@@ -169,24 +210,16 @@ def run_coco_eval(
         coco_eval.params.imgIds = list(img_ids)
     if kpt_oks_sigmas:
         coco_eval.params.kpt_oks_sigmas = np.array(kpt_oks_sigmas, dtype=np.float64)
-    max_dets = [int(m) for m in max_dets]
     if iou_type != "keypoints":
         coco_eval.params.maxDets = max_dets
 
     # pycocotools prints its progress and summary on stdout: route them to the log.
     captured = io.StringIO()
-    # COCOeval sorts maxDets; its summarize only knows a largest limit of 100.
-    custom_limit = iou_type != "keypoints" and sorted(max_dets)[-1] != 100
     with contextlib.redirect_stdout(captured):
         coco_eval.evaluate()
         coco_eval.accumulate()
-        if not (custom_limit and eval_cls is not COCOeval_opt):
-            coco_eval.summarize()
+        coco_eval.summarize()
     _log_lines(captured.getvalue())
-    if custom_limit and eval_cls is not COCOeval_opt:
-        # pycocotools' summarize looks maxDets=100 up by value; compute the stats directly.
-        coco_eval.stats = summarize_detection_stats(coco_eval)
-        _log_lines(_format_stats(coco_eval.stats, coco_eval.params.maxDets))
     return coco_eval
 
 

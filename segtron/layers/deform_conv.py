@@ -1,6 +1,8 @@
 """Deformable convolutions v1/v2 (Detectron2's ``DeformConv``/``ModulatedDeformConv``).
 
-Both run on ``torchvision.ops.deform_conv2d``. The offset layout is Detectron2's (and
+The modules and the functional forms ``deform_conv`` / ``modulated_deform_conv`` (Detectron2's
+autograd Functions' ``apply``, same positional arguments) all run on
+``torchvision.ops.deform_conv2d``, on CPU and GPU alike. The offset layout is Detectron2's (and
 torchvision's): for deformable group g and kernel tap k = i * kernel_w + j, channel
 ``2 * (g * kh * kw + k)`` is the y offset and the next channel the x offset, in input pixels.
 """
@@ -12,9 +14,148 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-__all__ = ["DeformConv", "ModulatedDeformConv"]
+__all__ = ["DeformConv", "ModulatedDeformConv", "deform_conv", "modulated_deform_conv"]
 
 _IntOrPair = Union[int, Tuple[int, int]]
+
+
+def _output_size(
+    x: torch.Tensor, kernel: Tuple[int, int], stride, padding, dilation
+) -> Tuple[int, int]:
+    size = []
+    for d in range(2):
+        extent = dilation[d] * (kernel[d] - 1) + 1
+        size.append((x.shape[2 + d] + 2 * padding[d] - extent) // stride[d] + 1)
+    return size[0], size[1]
+
+
+def _check_inputs(
+    caller: str, x, offset, weight, mask, groups: int, deformable_groups: int
+) -> None:
+    """Shapes agree with groups / deformable_groups; else a ValueError naming ``caller``."""
+    for what, tensor in (("input", x), ("offset", offset), ("weight", weight), ("mask", mask)):
+        if tensor is not None and (not isinstance(tensor, torch.Tensor) or tensor.dim() != 4):
+            got = f"{tensor.dim()}D" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"{caller}: {what} must be a 4D tensor, got {got}.")
+    taps = weight.shape[2] * weight.shape[3]
+    if groups < 1 or x.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups:
+        raise ValueError(
+            f"{caller}: input has {x.shape[1]} channels and weight shape {tuple(weight.shape)}, "
+            f"which does not fit groups={groups}: pass weight of shape (C_out, C_in / groups, "
+            "kh, kw) with C_out divisible by groups."
+        )
+    if offset.shape[1] != 2 * deformable_groups * taps:
+        raise ValueError(
+            f"{caller}: offset must have 2 * deformable_groups * kh * kw = "
+            f"{2 * deformable_groups * taps} channels, got shape {tuple(offset.shape)}"
+        )
+    if mask is not None and mask.shape[1] != deformable_groups * taps:
+        raise ValueError(
+            f"{caller}: mask must have deformable_groups * kh * kw = "
+            f"{deformable_groups * taps} channels, got shape {tuple(mask.shape)}"
+        )
+
+
+def _deform_conv_core(
+    caller: str,
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    stride: _IntOrPair,
+    padding: _IntOrPair,
+    dilation: _IntOrPair,
+    groups: int,
+    deformable_groups: int,
+) -> torch.Tensor:
+    """Checked ``deform_conv2d`` (torchvision infers groups from the shapes checked here).
+
+    An empty batch gives an empty output that keeps every input in the autograd graph.
+    """
+    _check_inputs(caller, x, offset, weight, mask, groups, deformable_groups)
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    if x.shape[0] == 0:
+        out_h, out_w = _output_size(x, tuple(weight.shape[2:]), stride, padding, dilation)
+        zero = x.sum() * 0 + offset.sum() * 0 + weight.sum() * 0
+        for extra in (mask, bias):
+            if extra is not None:
+                zero = zero + extra.sum() * 0
+        return x.new_zeros((0, weight.shape[0], out_h, out_w)) + zero
+    return deform_conv2d(
+        x,
+        offset.to(x.dtype),
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        mask=None if mask is None else mask.to(x.dtype),
+    )
+
+
+def deform_conv(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    stride: _IntOrPair = 1,
+    padding: _IntOrPair = 0,
+    dilation: _IntOrPair = 1,
+    groups: int = 1,
+    deformable_groups: int = 1,
+    im2col_step: int = 64,
+) -> torch.Tensor:
+    """Functional deformable convolution v1 (Detectron2's ``deform_conv``), no bias.
+
+    Args:
+        input: (N, C_in, H, W).
+        offset: (N, 2 * deformable_groups * kh * kw, H', W'), the layout of :class:`DeformConv`.
+        weight: (C_out, C_in / groups, kh, kw).
+        stride, padding, dilation: int or (h, w) pair.
+        groups, deformable_groups: as in :class:`DeformConv`.
+        im2col_step: Detectron2's CUDA batching step; accepted for compatibility, no effect on
+            the result (must be >= 1).
+
+    Returns:
+        (N, C_out, H', W'), equal to ``DeformConv(...)(input, offset)`` with this weight.
+    """
+    if int(im2col_step) < 1:
+        raise ValueError(f"deform_conv: im2col_step={im2col_step}; pass a positive int.")
+    return _deform_conv_core(
+        "deform_conv", input, offset, weight, None, None, stride, padding, dilation, groups,
+        deformable_groups,
+    )
+
+
+def modulated_deform_conv(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: _IntOrPair = 1,
+    padding: _IntOrPair = 0,
+    dilation: _IntOrPair = 1,
+    groups: int = 1,
+    deformable_groups: int = 1,
+) -> torch.Tensor:
+    """Functional modulated deformable convolution v2 (Detectron2's ``modulated_deform_conv``).
+
+    Args:
+        input: (N, C_in, H, W).
+        offset: (N, 2 * deformable_groups * kh * kw, H', W').
+        mask: (N, deformable_groups * kh * kw, H', W'), multiplies each sampled value.
+        weight: (C_out, C_in / groups, kh, kw); bias: (C_out,) or None.
+        stride, padding, dilation: int or (h, w) pair; groups, deformable_groups as in
+            :class:`ModulatedDeformConv`.
+
+    Returns:
+        (N, C_out, H', W'), equal to ``ModulatedDeformConv(...)(input, offset, mask)``.
+    """
+    return _deform_conv_core(
+        "modulated_deform_conv", input, offset, weight, bias, mask, stride, padding, dilation,
+        groups, deformable_groups,
+    )
 
 
 class _DeformConvBase(nn.Module):
@@ -56,49 +197,13 @@ class _DeformConvBase(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def _check_offset(self, offset: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
-        taps = self.kernel_size[0] * self.kernel_size[1]
-        name = type(self).__name__
-        if offset.shape[1] != 2 * self.deformable_groups * taps:
-            raise ValueError(
-                f"{name}: offset must have 2 * deformable_groups * kh * kw = "
-                f"{2 * self.deformable_groups * taps} channels, got shape {tuple(offset.shape)}"
-            )
-        if mask is not None and mask.shape[1] != self.deformable_groups * taps:
-            raise ValueError(
-                f"{name}: mask must have deformable_groups * kh * kw = "
-                f"{self.deformable_groups * taps} channels, got shape {tuple(mask.shape)}"
-            )
-
-    def _output_size(self, x: torch.Tensor) -> Tuple[int, int]:
-        size = []
-        for d in range(2):
-            extent = self.dilation[d] * (self.kernel_size[d] - 1) + 1
-            size.append((x.shape[2 + d] + 2 * self.padding[d] - extent) // self.stride[d] + 1)
-        return size[0], size[1]
-
     def _run(
         self, x: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        self._check_offset(offset, mask)
-        if x.shape[0] == 0:
-            out_h, out_w = self._output_size(x)
-            # Zeros that keep x, offset, weight (and mask) in the graph for an empty batch.
-            zero = x.sum() * 0 + offset.sum() * 0 + self.weight.sum() * 0
-            if mask is not None:
-                zero = zero + mask.sum() * 0
-            out = x.new_zeros((0, self.out_channels, out_h, out_w)) + zero
-        else:
-            out = deform_conv2d(
-                x,
-                offset.to(x.dtype),
-                self.weight,
-                self.bias,
-                stride=self.stride,
-                padding=self.padding,
-                dilation=self.dilation,
-                mask=None if mask is None else mask.to(x.dtype),
-            )
+        out = _deform_conv_core(
+            type(self).__name__, x, offset, self.weight, self.bias, mask, self.stride,
+            self.padding, self.dilation, self.groups, self.deformable_groups,
+        )
         if self.norm is not None:
             out = self.norm(out)
         if self.activation is not None:

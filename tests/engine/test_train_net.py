@@ -200,6 +200,9 @@ def test_load_projects_imports_packages_and_skips_other_entries(tmp_path, monkey
       "sem_seg_root": "s", "json_file": "i.json"},
      ["SemSegEvaluator", "COCOEvaluator", "COCOPanopticEvaluator"]),
     ({"evaluator_type": "pascal_voc"}, ["PascalVOCDetectionEvaluator"]),
+    ({"evaluator_type": "lvis"}, ["LVISEvaluator"]),
+    ({"evaluator_type": "cityscapes_instance"}, ["CityscapesInstanceEvaluator"]),
+    ({"evaluator_type": "cityscapes_sem_seg"}, ["CityscapesSemSegEvaluator"]),
 ])
 def test_evaluators_for_semantic_and_panoptic_datasets(metadata, expected):
     """A "_separated" panoptic dataset (semantic pngs and an instances json) is scored by all
@@ -213,7 +216,7 @@ def test_evaluators_for_semantic_and_panoptic_datasets(metadata, expected):
 
 def test_unevaluated_test_dataset_fails_at_start_up(tmp_path, monkeypatch):
     """DATASETS.TEST naming a dataset nobody evaluates stops main() before any model is built."""
-    MetadataCatalog.get("st_test_cityscapes_like").evaluator_type = "cityscapes_instance"
+    MetadataCatalog.get("st_test_cityscapes_like").evaluator_type = "kitti_instance"
     monkeypatch.setattr(train_net.Trainer, "__init__",
                         lambda *a, **k: pytest.fail("built a trainer before checking"))
     args = train_net.default_argument_parser().parse_args([
@@ -222,7 +225,7 @@ def test_unevaluated_test_dataset_fails_at_start_up(tmp_path, monkeypatch):
     ])
     try:
         with restored_process_state(), pytest.raises(
-            NotImplementedError, match=r"st_test_cityscapes_like.*'cityscapes_instance'.*'sem_seg'"
+            NotImplementedError, match=r"st_test_cityscapes_like.*'kitti_instance'.*'sem_seg'"
         ):
             train_net.main(args)  # default_setup configures the loggers: put them back
     finally:
@@ -499,3 +502,18 @@ def test_tta_after_training_and_in_eval_only(shapes_env, tmp_path):
     final = _metrics(train_dir)[-1]
     assert final["bbox_TTA/AP"] == pytest.approx(_tables(train_dir / "log.txt")[2][1], abs=1e-4)
     assert final["segm_TTA/AP"] == pytest.approx(_tables(train_dir / "log.txt")[3][1], abs=1e-4)
+
+
+def test_every_builtin_dataset_has_an_evaluator():
+    """Each registered builtin dataset's evaluator_type is scored by train_net.py."""
+    import segtron.data.datasets  # noqa: F401  (registers the builtin datasets)
+
+    types = {}
+    for name in DatasetCatalog.list():
+        evaluator_type = MetadataCatalog.get(name).get("evaluator_type")
+        if evaluator_type is not None and not name.startswith("st_test"):
+            types[evaluator_type] = name
+    assert {"coco", "lvis", "pascal_voc", "cityscapes_instance", "cityscapes_sem_seg",
+            "sem_seg", "coco_panoptic_seg"} <= set(types)
+    for evaluator_type, name in types.items():
+        assert train_net.evaluator_classes(name), (evaluator_type, name)

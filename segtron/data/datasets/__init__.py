@@ -6,7 +6,7 @@ variants ``shapes_sem_seg_*`` / ``shapes_panoptic_*``) lazily: nothing is read f
 ``DatasetCatalog.get(name)``.
 """
 
-from .coco import load_coco_json, load_sem_seg, register_coco_instances
+from .coco import convert_to_coco_json, load_coco_json, load_sem_seg, register_coco_instances
 from .coco_panoptic import register_coco_panoptic, register_coco_panoptic_separated
 from .lvis import get_lvis_instances_meta, load_lvis_json, register_lvis_instances
 from .pascal_voc import load_voc_instances, register_pascal_voc
