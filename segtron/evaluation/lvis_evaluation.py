@@ -6,7 +6,10 @@ Detectron2 scores LVIS with the ``lvis`` package (``LVISEval``). segtron cannot 
 here from its published definition (``lvis_matching``: the federated rules; ``lvis_metrics``:
 AP / AR as COCO accumulates them) and reports the same metrics: AP, AP50, AP75, APs, APm, APl,
 APr, APc, APf, then (as the lvis-api summary shows them) AR@300, ARs@300, ARm@300, ARl@300.
-Results are percentages; a metric without any category to average over is NaN.
+Results are percentages; a metric without any category to average over is NaN. Like
+``COCOEvaluator``, each task's results end with the operating point at max F1 (``P@F1max``,
+``R@F1max``, ``F1max``, ``thresh@F1max`` and per category ``<key>-<class>``; see
+``operating_point``), here with LVIS's federated matching at IoU 0.5.
 """
 
 import copy
@@ -29,7 +32,9 @@ from .coco_evaluation import instances_to_coco_json
 from .coco_proposals import evaluate_box_proposals_ar
 from .evaluator import DatasetEvaluator
 from .fast_eval_api import load_coco_api
-from .lvis_metrics import evaluate_lvis, format_summary_lines, lvis_metric_names
+from .lvis_matching import flat_detections, match_federated
+from .lvis_metrics import format_summary_lines, lvis_metric_names, summarize_matches
+from .operating_point import OPERATING_POINT_IOU, report_operating_points_from_detections
 
 __all__ = ["LVISEvaluator"]
 
@@ -226,8 +231,17 @@ class LVISEvaluator(DatasetEvaluator):
             self._results[task] = _evaluate_predictions_on_lvis(
                 self._lvis_api, lvis_results, task,
                 max_dets_per_image=self._max_dets_per_image,
-                class_names=self._metadata.get("thing_classes"),
+                class_names=self._class_names(),
             )
+
+    def _class_names(self) -> List[str]:
+        """Category names in json-id order: metadata ``thing_classes`` once the dataset was
+        loaded, else the json's (first synonym, as ``register_lvis_instances`` names them)."""
+        names = self._metadata.get("thing_classes")
+        if names and len(names) == len(self._lvis_api.cats):
+            return list(names)
+        cats = [self._lvis_api.cats[cat_id] for cat_id in sorted(self._lvis_api.cats)]
+        return [(c.get("synonyms") or [c["name"]])[0] for c in cats]
 
     def _eval_box_proposals(self, predictions: List[Dict[str, Any]]) -> None:
         """Save the proposals and report their average recall (AR@100/1000, by area)."""
@@ -261,18 +275,27 @@ def _evaluate_predictions_on_lvis(lvis_gt, lvis_results: List[Dict[str, Any]], i
                                   ) -> Dict[str, float]:
     """Score ``lvis_results`` (json category ids) for one task; ``{metric: percent}``.
 
-    ``class_names`` is accepted for Detectron2's signature and unused (LVIS reports no
-    per-category AP). For "segm" the detections' mask areas decide the small/medium/large
-    split. Without results every metric is NaN (with a warning).
+    After the LVIS metrics come the operating point keys at max F1 (``operating_point``) with
+    LVIS's federated matching at IoU 0.5, area "all": pooled over categories and, when
+    ``class_names`` has one name per json category (in id order, more than one), per category.
+    LVIS reports no per-category AP. For "segm" the detections' mask areas decide the
+    small/medium/large split. Without results every metric is NaN (with a warning) and no
+    operating point is reported.
     """
     max_dets = _DEFAULT_MAX_DETS if max_dets_per_image is None else max_dets_per_image
     metrics = lvis_metric_names(max_dets)
     if len(lvis_results) == 0:
         logger.warning("No predictions from the model!")
         return {metric: float("nan") for metric in metrics}
-    summary = evaluate_lvis(lvis_gt, lvis_results, iou_type, max_dets)
+    matches = match_federated(lvis_gt, lvis_results, iou_type, max_dets)
+    summary = summarize_matches(lvis_gt, matches, max_dets)
     for line in format_summary_lines(summary, iou_type, max_dets):
         logger.info(line)
     results = {k: float(v * 100) if v >= 0 else float("nan") for k, v in summary.items()}
     logger.info("Evaluation results for %s: \n%s", iou_type, create_small_table(results))
+    scores, is_tp, classes, num_gt = flat_detections(matches, OPERATING_POINT_IOU, "all")
+    results.update(report_operating_points_from_detections(
+        scores, is_tp, classes, num_gt, iou_type=iou_type, class_names=class_names,
+        matching="LVIS",
+    ))
     return results

@@ -41,6 +41,7 @@ __all__ = [
     "FederatedMatches",
     "LVIS_AREA_RANGES",
     "LVIS_IOU_THRESHOLDS",
+    "flat_detections",
     "limit_detections_per_image",
     "match_federated",
     "select_federated_detections",
@@ -75,6 +76,41 @@ class FederatedMatches:
     cat_ids: List[int]
     parts: Dict[Tuple[int, int, int], List[Tuple[np.ndarray, np.ndarray]]]
     num_gt: np.ndarray
+
+
+def flat_detections(matches: FederatedMatches, iou_threshold: float = 0.5, area: str = "all"
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The non-ignored detections of one IoU threshold and area range, flattened.
+
+    Args:
+        matches: ``match_federated``'s result.
+        iou_threshold: one of ``LVIS_IOU_THRESHOLDS``.
+        area: one of the ``LVIS_AREA_RANGES`` labels.
+
+    Returns:
+        ``(scores, is_tp, classes, num_gt)``: per detection its score, whether it is a true
+        positive and its category index (into ``matches.cat_ids``); per category the number
+        of non-ignored ground-truth objects.
+
+    Raises:
+        ValueError: for a threshold or area LVIS does not evaluate.
+    """
+    close = np.flatnonzero(np.isclose(LVIS_IOU_THRESHOLDS, iou_threshold))
+    labels = [label for label, _, _ in LVIS_AREA_RANGES]
+    if close.size != 1 or area not in labels:
+        raise ValueError(
+            f"flat_detections: IoU {iou_threshold} / area {area!r} is not evaluated by LVIS; "
+            f"use one of {LVIS_IOU_THRESHOLDS.round(2).tolist()} and {labels}."
+        )
+    t, a = int(close[0]), labels.index(area)
+    scores, is_tp, classes = [np.zeros(0)], [np.zeros(0, dtype=bool)], [np.zeros(0, np.int64)]
+    for k in range(len(matches.cat_ids)):
+        for part_scores, part_tp in matches.parts.get((k, a, t), []):
+            scores.append(part_scores)
+            is_tp.append(part_tp)
+            classes.append(np.full(part_scores.size, k, dtype=np.int64))
+    return (np.concatenate(scores), np.concatenate(is_tp), np.concatenate(classes),
+            matches.num_gt[:, a].copy())
 
 
 def limit_detections_per_image(results: Sequence[dict], max_dets: int) -> List[dict]:

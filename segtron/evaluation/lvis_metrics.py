@@ -38,6 +38,7 @@ __all__ = [
     "lvis_metric_names",
     "precision_at_recalls",
     "summarize_lvis",
+    "summarize_matches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,8 +169,15 @@ def evaluate_lvis(gt_api, results: Sequence[dict], iou_type: str,
         ``OrderedDict`` of ``lvis_metric_names(max_dets)`` -> fraction in [0, 1], or -1 where
         no category has ground truth (e.g. APr without rare categories).
     """
+    return summarize_matches(gt_api, match_federated(gt_api, results, iou_type, max_dets),
+                             max_dets)
+
+
+def summarize_matches(gt_api, matches: FederatedMatches,
+                      max_dets: int = 300) -> "OrderedDict[str, float]":
+    """``evaluate_lvis``'s summary from an existing ``match_federated`` result (``gt_api``'s
+    categories give the frequency groups; ``max_dets`` only names the AR keys)."""
     groups = frequency_groups(list(gt_api.cats.values()))
-    matches = match_federated(gt_api, results, iou_type, max_dets)
     precision, recall = accumulate_federated(matches)
     return summarize_lvis(precision, recall, groups, max_dets)
 

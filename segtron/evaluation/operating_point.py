@@ -37,11 +37,23 @@ ground truth's categories. ``COCOEvaluator`` adds them to its bbox and segm resu
 AP keys (not for keypoints, whose OKS matching has other ignore rules, nor when there were no
 predictions at all, where AP is NaN throughout) and logs them as two tables
 (``report_operating_points``).
+
+Other evaluators report the same keys with their own matching in step 1, through
+``report_operating_points_from_detections`` (per non-ignored detection: score, true positive or
+not, class; per class: the ground-truth count), which does steps 2 and 3:
+
+* ``PascalVOCDetectionEvaluator`` (bbox): the VOC devkit's matching at IoU > 0.5 (VOC's strict
+  rule), all detections; difficult objects are not counted and detections matched to them are
+  ignored; a second detection of an already matched object is a false positive;
+* ``LVISEvaluator`` (bbox, segm): LVIS's federated matching at IoU >= 0.5, area "all", at most
+  its ``max_dets_per_image`` detections per image; detections LVIS ignores (a category not
+  verified on the image, or unmatched on a not exhaustively annotated one) are neither true
+  nor false positives.
 """
 
 import logging
 import math
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from tabulate import tabulate
@@ -55,8 +67,10 @@ __all__ = [
     "best_f1_point",
     "compute_operating_points",
     "operating_point_results",
+    "operating_points_from_detections",
     "per_class_table",
     "report_operating_points",
+    "report_operating_points_from_detections",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,11 +130,74 @@ def best_f1_point(scores: np.ndarray, is_tp: np.ndarray, num_gt: int) -> Operati
     )
 
 
-def _pooled(matches: Iterable[CategoryMatches]) -> OperatingPoint:
-    matches = list(matches)
-    scores = np.concatenate([m.scores for m in matches]) if matches else np.zeros(0)
-    is_tp = np.concatenate([m.is_tp for m in matches]) if matches else np.zeros(0, dtype=bool)
-    return best_f1_point(scores, is_tp, sum(m.num_gt for m in matches))
+def _as_detections(
+    scores, is_tp, classes, num_gt: Sequence[int]
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated flat arrays: scores (float64), is_tp (bool), classes (int64), num_gt (int64)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    is_tp = np.asarray(is_tp, dtype=bool).reshape(-1)
+    classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+    num_gt = np.asarray(num_gt, dtype=np.int64).reshape(-1)
+    if not scores.shape == is_tp.shape == classes.shape:
+        raise ValueError(
+            f"operating points: {scores.size} scores, {is_tp.size} true-positive flags and "
+            f"{classes.size} classes; pass one of each per detection."
+        )
+    if classes.size and (classes.min() < 0 or classes.max() >= num_gt.size):
+        raise ValueError(
+            f"operating points: class indices must lie in [0, {num_gt.size}) (one ground-truth "
+            f"count per class), got {classes.min()}..{classes.max()}."
+        )
+    return scores, is_tp, classes, num_gt
+
+
+def operating_points_from_detections(
+    scores, is_tp, classes, num_gt: Sequence[int],
+    class_names: Optional[Sequence[str]] = None,
+) -> Tuple[OperatingPoint, Dict[str, OperatingPoint], float]:
+    """The overall (pooled) and per-class operating points of matched detections.
+
+    Any matching can feed this (COCO's, VOC's, LVIS's): it only needs, per evaluated
+    detection, whether it is a true positive; ignored detections are left out by the caller.
+
+    Args:
+        scores: (N,) scores of the non-ignored detections.
+        is_tp: (N,) bool, whether each is a true positive (else a false positive).
+        classes: (N,) int, each detection's class index into ``num_gt``.
+        num_gt: (K,) the number of non-ignored ground-truth objects of each class.
+        class_names: K names, one per class index; per-class points only when given with
+            exactly K names (else none are computed).
+
+    Returns:
+        ``(overall, {class name: point}, lowest score)``: the lowest score among the given
+        detections (NaN when none), to tell how low a threshold could have gone.
+
+    Raises:
+        ValueError: for arrays of different lengths or class indices outside ``num_gt``.
+    """
+    scores, is_tp, classes, num_gt = _as_detections(scores, is_tp, classes, num_gt)
+    overall = best_f1_point(scores, is_tp, int(num_gt.sum()))
+    per_class: Dict[str, OperatingPoint] = {}
+    if class_names and len(class_names) == num_gt.size:
+        for k, name in enumerate(class_names):
+            mine = classes == k
+            per_class[name] = best_f1_point(scores[mine], is_tp[mine], int(num_gt[k]))
+    lowest = float(scores.min()) if scores.size else math.nan
+    return overall, per_class, lowest
+
+
+def _flatten_coco_matches(
+    matches: Mapping[int, CategoryMatches]
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[int]]:
+    """``match_detections``'s per-category matches as flat (scores, is_tp, classes, num_gt),
+    class indices in category-id order."""
+    ordered = [matches[cat_id] for cat_id in sorted(matches)]
+    if not ordered:
+        return np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), []
+    scores = np.concatenate([m.scores for m in ordered])
+    is_tp = np.concatenate([m.is_tp for m in ordered])
+    classes = np.concatenate([np.full(m.scores.size, k) for k, m in enumerate(ordered)])
+    return scores, is_tp, classes, [m.num_gt for m in ordered]
 
 
 def compute_operating_points(
@@ -134,19 +211,10 @@ def compute_operating_points(
             of the ground truth (else none are computed).
 
     Returns:
-        ``(overall, {class name: point}, lowest score)``: the lowest score among the evaluated
-        detections (NaN when none), to tell how low a threshold could have gone.
+        As ``operating_points_from_detections``.
     """
     matches = match_detections(coco_eval, OPERATING_POINT_IOU)
-    overall = _pooled(matches.values())
-    per_class: Dict[str, OperatingPoint] = {}
-    if class_names and len(class_names) == len(matches):
-        for name, cat_id in zip(class_names, sorted(matches)):
-            m = matches[cat_id]
-            per_class[name] = best_f1_point(m.scores, m.is_tp, m.num_gt)
-    lowest = min((float(m.scores.min()) for m in matches.values() if m.scores.size),
-                 default=math.nan)
-    return overall, per_class, lowest
+    return operating_points_from_detections(*_flatten_coco_matches(matches), class_names)
 
 
 def operating_point_results(
@@ -201,17 +269,43 @@ def report_operating_points(
     Returns:
         ``operating_point_results`` of the overall and per-class points.
     """
+    matches = match_detections(coco_eval, OPERATING_POINT_IOU)
+    return report_operating_points_from_detections(
+        *_flatten_coco_matches(matches), iou_type=iou_type, class_names=class_names
+    )
+
+
+def report_operating_points_from_detections(
+    scores, is_tp, classes, num_gt: Sequence[int], iou_type: str,
+    class_names: Optional[Sequence[str]] = None, matching: str = "COCO",
+) -> Dict[str, float]:
+    """Compute the operating points of matched detections, log them as tables, return them.
+
+    Args:
+        scores, is_tp, classes, num_gt: as ``operating_points_from_detections``.
+        iou_type: "bbox" or "segm", for the log lines.
+        class_names: one name per class index; per-class points (and keys) only with more
+            than one class and one name per class.
+        matching: the matching rules used ("COCO", "VOC", "LVIS"), for the log lines.
+
+    Returns:
+        ``operating_point_results`` of the overall and per-class points.
+    """
     names = class_names if class_names and len(class_names) > 1 else None
-    overall, per_class, lowest = compute_operating_points(coco_eval, names)
+    overall, per_class, lowest = operating_points_from_detections(
+        scores, is_tp, classes, num_gt, names
+    )
     hint = ""
     if overall.threshold == lowest:
         hint = " The best threshold is that lowest score: a lower test threshold might do better."
     logger.info(
-        "Operating point of %s at max F1 (IoU %.2f, classes pooled; P/R/F1 in %%, thresh a "
-        "score): \n%s\nThresholds below %.3f, the lowest score evaluated, cannot be chosen: the "
-        "model drops scores under its test threshold (e.g. MODEL.ROI_HEADS.SCORE_THRESH_TEST).%s",
+        "Operating point of %s at max F1 (IoU %.2f, %s matching, classes pooled; P/R/F1 in %%, "
+        "thresh a score): \n%s\nThresholds below %.3f, the lowest score evaluated, cannot be "
+        "chosen: the model drops scores under its test threshold (e.g. "
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST).%s",
         iou_type,
         OPERATING_POINT_IOU,
+        matching,
         create_small_table(operating_point_results(overall, {})),
         lowest,
         hint,

@@ -3,8 +3,9 @@
 * ``parse_rec``: the objects of one ``Annotations/<id>.xml`` file;
 * ``voc_ap``: AP from a precision/recall curve, VOC2007's 11-point interpolation or VOC2010+'s
   area under the monotone precision envelope;
-* ``eval_class_detections``: match one class's detections to the ground truth at one IoU
-  threshold and return recall, precision and AP;
+* ``match_class_detections``: match one class's detections to the ground truth at one IoU
+  threshold (true positive, false positive or ignored, per detection);
+* ``class_ap`` / ``eval_class_detections``: recall, precision and AP of that matching;
 * ``voc_eval``: the same from devkit-style files (a result file per class, the XML files, the
   image-set list), as Detectron2's function of that name.
 
@@ -12,13 +13,21 @@ Boxes are VOC pixel indices: 1-based, inclusive, so a box's width is ``xmax - xm
 """
 
 import xml.etree.ElementTree as ET
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
 from ..utils.file_io import PathManager
 
-__all__ = ["parse_rec", "voc_ap", "eval_class_detections", "voc_eval"]
+__all__ = [
+    "ClassMatches",
+    "class_ap",
+    "eval_class_detections",
+    "match_class_detections",
+    "parse_rec",
+    "voc_ap",
+    "voc_eval",
+]
 
 # A detection line of a devkit result file: image id, score, xmin, ymin, xmax, ymax.
 Detection = Tuple[str, float, float, float, float, float]
@@ -109,17 +118,104 @@ def _class_ground_truth(annotations: Mapping[str, Sequence[Mapping[str, Any]]],
     return per_image, num_positives
 
 
-def eval_class_detections(detections: Sequence[Detection],
-                          annotations: Mapping[str, Sequence[Mapping[str, Any]]],
-                          classname: str, ovthresh: float = 0.5,
-                          use_07_metric: bool = False) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Recall, precision and AP of one class's detections, with the VOC devkit's matching.
+class ClassMatches(NamedTuple):
+    """The VOC matching of one class's detections at one IoU threshold.
+
+    Attributes:
+        scores: (N,) the detections' scores, in decreasing order (ties in their given order).
+        true_pos: (N,) bool, the true positives.
+        false_pos: (N,) bool, the false positives; a detection that is neither (matched to a
+            difficult object) is ignored.
+        num_positives: the number of non-difficult objects of the class.
+    """
+
+    scores: np.ndarray
+    true_pos: np.ndarray
+    false_pos: np.ndarray
+    num_positives: int
+
+
+def match_class_detections(detections: Sequence[Detection],
+                           annotations: Mapping[str, Sequence[Mapping[str, Any]]],
+                           classname: str, ovthresh: float = 0.5) -> ClassMatches:
+    """Match one class's detections to its ground truth with the VOC devkit's rules.
 
     Detections are taken in decreasing score order (ties keep their given order). Each is
     matched to the ground-truth object of its image with the highest IoU. It is a true
     positive when that IoU is above ``ovthresh`` and the object is not difficult and not yet
     matched; it is ignored (neither true nor false) when the object is difficult; otherwise
     (low IoU, or an object already matched: a duplicate) it is a false positive.
+
+    Args:
+        detections: ``(image_id, score, xmin, ymin, xmax, ymax)`` in VOC pixel indices.
+        annotations: image id -> its objects (``parse_rec`` dicts; only ``name``, ``bbox``
+            and ``difficult`` are read), for every image of the evaluated set.
+        classname: the class evaluated.
+        ovthresh: IoU a match must exceed.
+
+    Returns:
+        The ``ClassMatches``.
+
+    Raises:
+        KeyError: a detection on an image that is not in ``annotations``.
+    """
+    per_image, num_positives = _class_ground_truth(annotations, classname)
+    matched = {image_id: np.zeros(len(gt["difficult"]), dtype=bool)
+               for image_id, gt in per_image.items()}
+    scores = np.array([float(d[1]) for d in detections], dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    true_pos = np.zeros(len(detections), dtype=bool)
+    false_pos = np.zeros(len(detections), dtype=bool)
+    for rank, index in enumerate(order):
+        image_id, _, *box = detections[index]
+        if image_id not in per_image:
+            raise KeyError(
+                f"A '{classname}' detection is on image '{image_id}', which is not in the "
+                "evaluated image set. Evaluate only the images listed in the split's "
+                "ImageSets/Main/<split>.txt."
+            )
+        gt = per_image[image_id]
+        if len(gt["bbox"]) == 0:
+            false_pos[rank] = True
+            continue
+        overlaps = _iou_with_boxes(np.asarray(box, dtype=np.float64), gt["bbox"])
+        best = int(np.argmax(overlaps))
+        if overlaps[best] <= ovthresh:
+            false_pos[rank] = True
+        elif gt["difficult"][best]:
+            continue
+        elif not matched[image_id][best]:
+            true_pos[rank] = True
+            matched[image_id][best] = True
+        else:
+            false_pos[rank] = True
+    return ClassMatches(scores[order], true_pos, false_pos, num_positives)
+
+
+def class_ap(matches: ClassMatches,
+             use_07_metric: bool = False) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Recall, precision and AP of one class's ``match_class_detections`` result.
+
+    Returns:
+        ``(rec, prec, ap)`` as ``eval_class_detections``.
+    """
+    true_pos = np.cumsum(matches.true_pos.astype(np.float64))
+    false_pos = np.cumsum(matches.false_pos.astype(np.float64))
+    prec = true_pos / np.maximum(true_pos + false_pos, np.finfo(np.float64).eps)
+    if matches.num_positives == 0:
+        return np.full_like(true_pos, np.nan), prec, float("nan")
+    rec = true_pos / matches.num_positives
+    return rec, prec, voc_ap(rec, prec, use_07_metric)
+
+
+def eval_class_detections(detections: Sequence[Detection],
+                          annotations: Mapping[str, Sequence[Mapping[str, Any]]],
+                          classname: str, ovthresh: float = 0.5,
+                          use_07_metric: bool = False) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Recall, precision and AP of one class's detections, with the VOC devkit's matching.
+
+    The matching is ``match_class_detections``'s (ignored detections, matched to difficult
+    objects, add to neither count); the AP is ``voc_ap``'s.
 
     Args:
         detections: ``(image_id, score, xmin, ymin, xmax, ymax)`` in VOC pixel indices.
@@ -136,43 +232,8 @@ def eval_class_detections(detections: Sequence[Detection],
     Raises:
         KeyError: a detection on an image that is not in ``annotations``.
     """
-    per_image, num_positives = _class_ground_truth(annotations, classname)
-    matched = {image_id: np.zeros(len(gt["difficult"]), dtype=bool)
-               for image_id, gt in per_image.items()}
-    scores = np.array([float(d[1]) for d in detections], dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    true_pos = np.zeros(len(detections))
-    false_pos = np.zeros(len(detections))
-    for rank, index in enumerate(order):
-        image_id, _, *box = detections[index]
-        if image_id not in per_image:
-            raise KeyError(
-                f"A '{classname}' detection is on image '{image_id}', which is not in the "
-                "evaluated image set. Evaluate only the images listed in the split's "
-                "ImageSets/Main/<split>.txt."
-            )
-        gt = per_image[image_id]
-        if len(gt["bbox"]) == 0:
-            false_pos[rank] = 1
-            continue
-        overlaps = _iou_with_boxes(np.asarray(box, dtype=np.float64), gt["bbox"])
-        best = int(np.argmax(overlaps))
-        if overlaps[best] <= ovthresh:
-            false_pos[rank] = 1
-        elif gt["difficult"][best]:
-            continue
-        elif not matched[image_id][best]:
-            true_pos[rank] = 1
-            matched[image_id][best] = True
-        else:
-            false_pos[rank] = 1
-    true_pos = np.cumsum(true_pos)
-    false_pos = np.cumsum(false_pos)
-    prec = true_pos / np.maximum(true_pos + false_pos, np.finfo(np.float64).eps)
-    if num_positives == 0:
-        return np.full_like(true_pos, np.nan), prec, float("nan")
-    rec = true_pos / num_positives
-    return rec, prec, voc_ap(rec, prec, use_07_metric)
+    matches = match_class_detections(detections, annotations, classname, ovthresh)
+    return class_ap(matches, use_07_metric)
 
 
 def _read_detections(detfile: str) -> List[Detection]:

@@ -20,7 +20,9 @@ from ..data.catalog import MetadataCatalog
 from ..utils import comm
 from ..utils.file_io import PathManager
 from .evaluator import DatasetEvaluator
-from .pascal_voc_ap import eval_class_detections, parse_rec, voc_ap, voc_eval
+from .operating_point import OPERATING_POINT_IOU, report_operating_points_from_detections
+from .pascal_voc_ap import ClassMatches, class_ap, match_class_detections, parse_rec, voc_ap
+from .pascal_voc_ap import voc_eval
 
 __all__ = ["PascalVOCDetectionEvaluator", "parse_rec", "voc_ap", "voc_eval"]
 
@@ -39,7 +41,10 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
     """VOC-style box AP of a dataset registered with ``register_pascal_voc``.
 
     Results: ``{"bbox": {"AP", "AP50", "AP75"}}`` in percent, each the mean over classes;
-    ``AP`` is also the mean over IoU 0.50:0.95:0.05. Metadata ``year`` 2007 selects the
+    ``AP`` is also the mean over IoU 0.50:0.95:0.05. Then the operating point at max F1
+    (``P@F1max``, ``R@F1max``, ``F1max``, ``thresh@F1max``, pooled over classes, and with more
+    than one class the same per class, ``<key>-<class>``; see ``operating_point``) with VOC's
+    matching at IoU 0.5. Metadata ``year`` 2007 selects the
     VOC2007 11-point AP, any other year the VOC2010+ area under the precision envelope.
     Difficult objects neither count as positives nor make a detection false. A class without
     any non-difficult object has AP NaN and is left out of the means (with a warning).
@@ -116,7 +121,8 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         """Score the gathered detections (on the main process; None on the others).
 
         Returns:
-            ``OrderedDict(bbox={"AP": ..., "AP50": ..., "AP75": ...})`` in percent.
+            ``OrderedDict(bbox={"AP": ..., "AP50": ..., "AP75": ..., "P@F1max": ..., ...})``
+            in percent (the threshold a score).
         """
         predictions = self._gathered_predictions()
         if predictions is None:
@@ -130,13 +136,15 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         annotations = {image_id: parse_rec(self._anno_file_template.format(image_id))
                        for image_id in _read_image_ids(self._image_set_path)}
         aps = defaultdict(list)  # IoU threshold (percent) -> AP of each class
+        op_matches: List[ClassMatches] = []  # each class's matching at the operating point IoU
         for cls_id, name in enumerate(self._class_names):
             detections = [_parse_line(line) for line in predictions.get(cls_id, [])]
             for thresh in _IOU_THRESHOLDS:
-                _, _, ap = eval_class_detections(detections, annotations, name,
-                                                 ovthresh=thresh / 100.0,
-                                                 use_07_metric=self._is_2007)
-                aps[thresh].append(ap * 100)
+                matches = match_class_detections(detections, annotations, name,
+                                                 ovthresh=thresh / 100.0)
+                aps[thresh].append(class_ap(matches, use_07_metric=self._is_2007)[2] * 100)
+                if thresh == round(OPERATING_POINT_IOU * 100):
+                    op_matches.append(matches)
         no_positives = [n for n, ap in zip(self._class_names, aps[50]) if np.isnan(ap)]
         if no_positives:
             logger.warning("%s: no non-difficult ground truth for classes %s; their AP is NaN "
@@ -148,7 +156,22 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
             "AP50": mean_ap[50],
             "AP75": mean_ap[75],
         }
+        # After AP: P/R/F1 at max F1, with the same VOC matching at IoU 0.5.
+        ret["bbox"].update(self._operating_points(op_matches))
         return ret
+
+    def _operating_points(self, matches: List[ClassMatches]) -> Dict[str, float]:
+        """``operating_point`` keys of the per-class VOC matches (ignored detections left out)."""
+        kept = [m.true_pos | m.false_pos for m in matches]
+        return report_operating_points_from_detections(
+            scores=np.concatenate([m.scores[k] for m, k in zip(matches, kept)]),
+            is_tp=np.concatenate([m.true_pos[k] for m, k in zip(matches, kept)]),
+            classes=np.concatenate([np.full(int(k.sum()), c) for c, k in enumerate(kept)]),
+            num_gt=[m.num_positives for m in matches],
+            iou_type="bbox",
+            class_names=self._class_names,
+            matching="VOC",
+        )
 
 
 def _parse_line(line: str):

@@ -275,8 +275,8 @@ def test_evaluator_default_limit_is_300_per_image(lvis_dataset):
         return evaluator.evaluate()
 
     res = run()["bbox"]
-    assert list(res) == ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
-                         "AR@300", "ARs@300", "ARm@300", "ARl@300"]
+    assert list(res)[:13] == ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
+                              "AR@300", "ARs@300", "ARm@300", "ARl@300"]
     assert res["APf"] == 0.0  # the cup was the 301st detection of its image
     assert run(max_dets_per_image=301)["bbox"]["APf"] == pytest.approx(100.0)
 
@@ -307,3 +307,58 @@ def test_evaluator_without_predictions(lvis_dataset):
     evaluator.process([{"image_id": 1}], [{"instances": _instances([], [], [], False)}])
     res = evaluator.evaluate()["bbox"]
     assert all(math.isnan(v) for v in res.values())
+
+
+# --------------------------------------------------------------------- operating point
+
+OP_KEYS = ["P@F1max", "R@F1max", "F1max", "thresh@F1max"]
+# Detections on _base_dataset, contiguous class (0 cup, 1 kite, 2 yak), box, score:
+# image 1: kite far (unmatched on a not exhaustive category: ignored), exact cup (TP), far
+#          cup (FP), far yak (negative category: FP), exact kite (TP);
+# image 2: far cup (cup not verified on image 2: dropped), exact yak (TP).
+OP_IMAGE1 = ([FAR_BOX, (10, 10, 30, 30), FAR_BOX, FAR_BOX, (50, 50, 30, 30)],
+             [1, 0, 0, 2, 1], [0.95, 0.9, 0.8, 0.7, 0.4])
+OP_IMAGE2 = ([FAR_BOX, (10, 10, 40, 40)], [0, 2], [0.99, 0.6])
+
+
+def _operating_points(lvis_dataset, **kwargs):
+    evaluator = LVISEvaluator(lvis_dataset, distributed=False, **kwargs)
+    evaluator.reset()
+    evaluator.process([{"image_id": 1}], [{"instances": _instances(*OP_IMAGE1)}])
+    evaluator.process([{"image_id": 2}], [{"instances": _instances(*OP_IMAGE2)}])
+    return evaluator.evaluate()
+
+
+def test_operating_point_by_hand(lvis_dataset, catch_logs):
+    # F1 = 2 TP / (kept + num_gt), one gt per category, ignored and dropped detections out:
+    #   cup:  0.9 TP -> P 1, R 1, F1 1 @ 0.9
+    #   kite: 0.4 TP (0.95 ignored) -> P 1, R 1, F1 1 @ 0.4 (were 0.95 an FP: P 1/2)
+    #   yak:  0.7 FP, 0.6 TP: t=0.7 0, t=0.6 2/3 -> P 1/2, R 1, F1 2/3 @ 0.6
+    #   pooled (3 gt; 0.9 TP, 0.8 FP, 0.7 FP, 0.6 TP, 0.4 TP): t=0.9 2/4, 0.8 2/5, 0.7 2/6,
+    #   0.6 4/7, 0.4 6/8 -> P 3/5, R 1, F1 3/4 @ 0.4 (with 0.95 or 0.99 as FP: 6/9, P 1/2)
+    logs = catch_logs("segtron.evaluation.operating_point")
+    results = _operating_points(lvis_dataset)
+    expected = {"": [60.0, 100.0, 75.0, 0.4], "-cup": [100.0, 100.0, 100.0, 0.9],
+                "-kite": [100.0, 100.0, 100.0, 0.4], "-yak": [50.0, 100.0, 200 / 3, 0.6]}
+    for task in ("bbox", "segm"):
+        res = results[task]
+        names = [f"{k}{suffix}" for suffix in expected for k in OP_KEYS]
+        assert list(res)[13:] == names, task  # after the LVIS metrics
+        for suffix, values in expected.items():
+            got = [res[k + suffix] for k in OP_KEYS]
+            assert got == pytest.approx(values, abs=1e-6), (task, suffix)
+    messages = logs.messages()
+    assert any(m.startswith("Operating point of segm") and "LVIS matching" in m
+               for m in messages)
+    assert any(m.startswith("Per-category bbox operating point") for m in messages)
+
+
+def test_operating_point_keeps_max_dets_per_image(lvis_dataset):
+    # At most 4 detections per image: image 1 loses the exact kite (0.4), the lowest.
+    #   kite: no TP -> 0, 0, 0, no threshold;
+    #   pooled (0.9 TP, 0.8 FP, 0.7 FP, 0.6 TP): t=0.9 2/4, 0.8 2/5, 0.7 2/6, 0.6 4/7
+    #   -> P 1/2, R 2/3, F1 4/7 @ 0.6
+    res = _operating_points(lvis_dataset, max_dets_per_image=4)["bbox"]
+    assert [res[k] for k in OP_KEYS] == pytest.approx([50.0, 200 / 3, 400 / 7, 0.6], abs=1e-6)
+    assert [res[f"{k}-kite"] for k in OP_KEYS[:3]] == [0.0, 0.0, 0.0]
+    assert math.isnan(res["thresh@F1max-kite"])

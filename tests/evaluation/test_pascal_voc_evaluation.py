@@ -17,6 +17,13 @@ an FP at 0.65 ... 0.95.
      area: 1/3*1 + 1/3*2/3 = 5/9;              11-point: (4*1 + 3*2/3)/11 = 6/11
 dog detections: 0.95 on img3 (no dog: FP), 0.90 on C (TP); E is missed.
   (rec, prec) = (0,0) (1/2,1/2): area 1/2*1/2 = 1/4; 11-point: 6 levels <= 0.5 at 1/2 = 3/11
+
+Operating point at max F1 (IoU 0.5, F1 = 2 TP / (kept + num_gt), the difficult 0.85 left out):
+  cat (3 gt): t=0.95 2/4, 0.90 2/5, 0.80 4/6, 0.70 4/7, 0.60 6/8 -> P 3/5, R 1, F1 3/4 @ 0.60
+     (were the ignored 0.85 an FP: 6/9 at 0.60, P 1/2)
+  dog (2 gt): t=0.95 0, 0.90 2/4 -> P 1/2, R 1/2, F1 1/2 @ 0.90
+  pooled (5 gt; 0.95 TP+FP, 0.90 FP+TP, 0.80 TP, 0.70 FP, 0.60 TP): t=0.95 2/7, 0.90 4/9,
+     0.80 6/10, 0.70 6/11, 0.60 8/12 -> P 4/7, R 4/5, F1 2/3 @ 0.60
 """
 
 import os
@@ -51,6 +58,11 @@ DETECTIONS = {
 CAT_TP_AREA, CAT_FP_AREA, DOG_AREA = 34 / 45, 5 / 9, 1 / 4
 CAT_TP_11, CAT_FP_11, DOG_11 = 8.4 / 11, 6 / 11, 3 / 11
 NUM_CAT_TP_THRESHOLDS = 3  # of the 10 thresholds 0.50 ... 0.95
+AP_KEYS = ["AP", "AP50", "AP75"]
+OP_KEYS = ["P@F1max", "R@F1max", "F1max", "thresh@F1max"]
+# The hand-computed operating points (module docstring): [P, R, F1 (percent), threshold].
+EXPECTED_OP = {"": [400 / 7, 80.0, 200 / 3, 0.60], "-cat": [60.0, 100.0, 75.0, 0.60],
+               "-dog": [50.0, 50.0, 50.0, 0.90]}
 
 
 def _write_xml(path, objects):
@@ -127,15 +139,33 @@ def _expected(cat_tp, cat_fp, dog):
 def test_hand_computed_ap(register, year, expected):
     results = _evaluate(register(year))
     assert list(results) == ["bbox"]
-    assert list(results["bbox"]) == ["AP", "AP50", "AP75"]
+    assert list(results["bbox"])[:3] == AP_KEYS
     for key, value in expected.items():
         assert results["bbox"][key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.mark.parametrize("year", [2007, 2012])
+def test_hand_computed_operating_point(register, year, catch_logs):
+    logs = catch_logs("segtron.evaluation.operating_point")
+    bbox = _evaluate(register(year))["bbox"]
+    # AP keys first, then the pooled point, then each class's.
+    assert list(bbox) == AP_KEYS + OP_KEYS + [f"{k}-{c}" for c in CLASSES for k in OP_KEYS]
+    for suffix, expected in EXPECTED_OP.items():
+        got = [bbox[k + suffix] for k in OP_KEYS]
+        assert got == pytest.approx(expected, abs=1e-9), suffix
+    overall = next(m for m in logs.messages() if m.startswith("Operating point of bbox"))
+    assert "VOC matching" in overall
 
 
 def test_no_detections_give_zero_ap(register):
     evaluator = PascalVOCDetectionEvaluator(register(2012))
     evaluator.reset()
-    assert evaluator.evaluate()["bbox"] == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    bbox = evaluator.evaluate()["bbox"]
+    assert {k: bbox[k] for k in AP_KEYS} == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    # Ground truth but no true positive: P = R = F1 = 0, no threshold.
+    for suffix in ("", "-cat", "-dog"):
+        assert [bbox[k + suffix] for k in OP_KEYS[:3]] == [0.0, 0.0, 0.0], suffix
+        assert np.isnan(bbox["thresh@F1max" + suffix]), suffix
 
 
 def test_result_files_in_output_dir(register, tmp_path):
