@@ -50,17 +50,17 @@ _QUIET_OPS = (
 )
 
 
-def _output_tensors(value: Any) -> List[torch.Tensor]:
-    """Every tensor in a model output, in a fixed order: tensors, dicts (sorted keys), lists,
+def output_tensors(value: Any) -> List[torch.Tensor]:
+    """(segtron addition) Every tensor in a model output, in a fixed order: tensors, dicts (sorted keys), lists,
     ``Instances`` (their fields) and structures with a ``.tensor`` (``Boxes``, masks)."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, Mapping):
-        return [t for key in sorted(value, key=str) for t in _output_tensors(value[key])]
+        return [t for key in sorted(value, key=str) for t in output_tensors(value[key])]
     if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _output_tensors(item)]
+        return [t for item in value for t in output_tensors(item)]
     if hasattr(value, "get_fields"):
-        return _output_tensors(value.get_fields())
+        return output_tensors(value.get_fields())
     if isinstance(getattr(value, "tensor", None), torch.Tensor):
         return [value.tensor]
     return []
@@ -89,7 +89,7 @@ class _ImagesToTensors(nn.Module):
 
     def forward(self, *images: torch.Tensor):
         batch = [{**d, "image": image} for d, image in zip(self.inputs, images)]
-        return tuple(_output_tensors(self.model(batch)))
+        return tuple(output_tensors(self.model(batch)))
 
 
 class FlopCountAnalysis(_fvnn.FlopCountAnalysis):

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from segtron.config import CfgNode
+from segtron.utils.analysis import output_tensors
 
 __all__ = [
     "RunCost",
@@ -163,22 +164,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _tensors_in(value: Any) -> List[torch.Tensor]:
-    """The tensors in a model output (dicts, lists, ``Instances``, ``Boxes``, ...), in a fixed
-    order, so that a traced model returns only tensors."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        return [t for key in sorted(value, key=str) for t in _tensors_in(value[key])]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _tensors_in(item)]
-    if hasattr(value, "get_fields"):  # Instances
-        return _tensors_in(value.get_fields())
-    if isinstance(getattr(value, "tensor", None), torch.Tensor):  # Boxes, BitMasks, ...
-        return [value.tensor]
-    return []
-
-
 class _ImageToTensors(nn.Module):
     """``model([inputs])`` as a function of the image tensor alone, returning tensors: what
     fvcore's tracer needs. The other entries of ``inputs`` (height, width) stay fixed."""
@@ -189,7 +174,7 @@ class _ImageToTensors(nn.Module):
         self.inputs = dict(inputs)
 
     def forward(self, image: torch.Tensor):
-        return tuple(_tensors_in(self.model([{**self.inputs, "image": image}])))
+        return tuple(output_tensors(self.model([{**self.inputs, "image": image}])))
 
 
 class _TensorsOut(nn.Module):
@@ -201,7 +186,7 @@ class _TensorsOut(nn.Module):
         self.module = module
 
     def forward(self, *args: torch.Tensor):
-        return tuple(_tensors_in(self.module(*args)))
+        return tuple(output_tensors(self.module(*args)))
 
 
 class _StopForward(Exception):
@@ -284,8 +269,9 @@ def flop_count_analysis(model: nn.Module, inputs: Mapping[str, Any], module: str
 
     fvcore's default op handles (one fused multiply-add is one flop; a BatchNorm in inference
     mode 2 per element; nearest upsampling 1 per output element; element-wise and
-    unsupported ops such as NMS 0). Detectron2's ``tools/analyze_model.py`` additionally
-    zeroes batch_norm and a few element-wise ops, so its totals are lower by the norm layers.
+    unsupported ops such as NMS 0). Detectron2's ``tools/analyze_model.py`` also marks
+    batch_norm and a few element-wise ops as ignored; with fvcore 0.1.5 that only silences
+    their warnings (an op that already has a handle keeps it), so its totals are the same.
 
     Args:
         model: a model taking a list of input dicts; put in eval mode.
