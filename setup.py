@@ -76,6 +76,8 @@ setup(
         "tensorboard>=2.14",
         # The Cityscapes evaluators run its official evaluation scripts.
         "cityscapesscripts>=2.3.0,<3",
+        "omegaconf>=2.1,<3",
+        "timm>=0.9,<2",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3"]},
 )

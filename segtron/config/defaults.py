@@ -108,6 +108,18 @@ _C.MODEL.FPN.NORM = ""
 # "sum" or "avg": how the top-down and lateral features are fused.
 _C.MODEL.FPN.FUSE_TYPE = "sum"
 
+# segtron: a timm model (features_only=True) as the backbone, with MODEL.BACKBONE.NAME
+# "build_timm_backbone", "build_timm_fpn_backbone" or "build_timm_retinanet_fpn_backbone".
+_C.MODEL.TIMM = CN()
+_C.MODEL.TIMM.NAME = "resnet18"   # any timm.list_models() name that supports features_only
+# timm feature levels (0-based); (): the model's default levels of stride >= 4 (res2..res5).
+_C.MODEL.TIMM.OUT_INDICES = ()
+# timm's pretrained weights, from the local cache only (nothing is downloaded).
+_C.MODEL.TIMM.PRETRAINED = False
+# "FrozenBN": every BatchNorm frozen (Detectron2's default for pretrained backbones); "": kept.
+_C.MODEL.TIMM.NORM = "FrozenBN"
+_C.MODEL.TIMM.DROP_PATH_RATE = 0.0
+
 # -----------------------------------------------------------------------------
 # Proposal generator
 # -----------------------------------------------------------------------------
@@ -465,4 +477,6 @@ SEGTRON_ADDED_KEYS = (
     "MODEL.RESNETS.RES4_DILATION", "DATALOADER.TRAIN_LOADER", "SOLVER.HOOKS",
     "MODEL_EMA.ENABLED", "MODEL_EMA.DECAY", "MODEL_EMA.DECAY_RAMP_ITERS",
     "DIST.TIMEOUT_MINUTES",
+    "MODEL.TIMM.NAME", "MODEL.TIMM.OUT_INDICES", "MODEL.TIMM.PRETRAINED", "MODEL.TIMM.NORM",
+    "MODEL.TIMM.DROP_PATH_RATE",
 )

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from segtron.config import CfgNode, get_cfg
+from segtron.config import CfgNode, LazyConfig, get_cfg
 
 __all__ = ["get_checkpoint_url", "get_config_file", "get_config", "get", "list_configs"]
 
@@ -133,7 +133,8 @@ def list_configs() -> List[str]:
     """All shipped config paths (relative to ``configs/``, with ``/`` separators), sorted."""
     found = set()
     for root in _config_roots():
-        found.update(p.relative_to(root).as_posix() for p in root.rglob("*.yaml"))
+        for pattern in ("*.yaml", "*.py"):
+            found.update(p.relative_to(root).as_posix() for p in root.rglob(pattern))
     return sorted(found)
 
 
@@ -152,6 +153,11 @@ def get_config_file(config_path: str) -> str:
         if candidate.is_file():
             return str(candidate)
     available = list_configs()
+    if config_path.endswith(".py") and not any(c.endswith(".py") for c in available):
+        raise RuntimeError(
+            f"'{config_path}' not available in the model zoo: segtron ships no LazyConfig (.py) "
+            "configs yet. Use a YAML config, or LazyConfig.load() on your own .py file."
+        )
     if not available:
         raise RuntimeError(
             f"'{config_path}' not available in the model zoo: no configs found in "
@@ -165,29 +171,45 @@ def get_config_file(config_path: str) -> str:
     )
 
 
-def get_config(config_path: str, trained: bool = False) -> CfgNode:
-    """Return the config of a model-zoo model: ``get_cfg()`` merged with the shipped YAML.
+def get_config(config_path: str, trained: bool = False):
+    """Return the config of a model-zoo model.
+
+    A ``.yaml`` path gives ``get_cfg()`` merged with the shipped YAML (a ``CfgNode``); a ``.py``
+    path gives ``LazyConfig.load`` of the shipped Python config (a ``DictConfig``).
 
     Args:
         config_path: path relative to ``configs/``.
-        trained: set ``MODEL.WEIGHTS`` to the model-zoo weights trained with this config;
-            otherwise it stays as the YAML says (usually an ImageNet backbone, with the rest
-            of the model randomly initialised).
+        trained: use the model-zoo weights trained with this config (``MODEL.WEIGHTS``, or
+            ``train.init_checkpoint`` of a .py config); otherwise the weights stay as the config
+            says (usually an ImageNet backbone, with the rest of the model randomly initialised).
     """
     cfg_file = get_config_file(config_path)
+    if cfg_file.endswith(".py"):
+        return _get_lazy_config(cfg_file, config_path, trained)
     if not cfg_file.endswith(".yaml"):
-        raise RuntimeError(
-            f"{cfg_file}: only YAML configs are supported (LazyConfig .py files are not)."
-        )
-    cfg = get_cfg()
+        raise RuntimeError(f"{cfg_file}: model-zoo configs are .yaml or .py files.")
+    cfg: CfgNode = get_cfg()
     cfg.merge_from_file(cfg_file)
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
     return cfg
 
 
+def _get_lazy_config(cfg_file: str, config_path: str, trained: bool):
+    """A shipped .py config, with ``train.init_checkpoint`` set to its weights if ``trained``."""
+    cfg = LazyConfig.load(cfg_file)
+    if trained:
+        url = get_checkpoint_url(config_path)
+        if "train" not in cfg or "init_checkpoint" not in cfg.train:
+            raise ValueError(f"{cfg_file} has no train.init_checkpoint to set the trained "
+                             "weights on; set it yourself to get_checkpoint_url(path).")
+        cfg.train.init_checkpoint = url
+    return cfg
+
+
 def get(config_path: str, trained: bool = False, device: Optional[str] = None):
-    """Build a model-zoo model and load its weights (``MODEL.WEIGHTS``).
+    """Build a model-zoo model and load its weights (``MODEL.WEIGHTS``; for a .py config,
+    ``instantiate(cfg.model)`` with ``train.init_checkpoint``).
 
     Args:
         config_path: path relative to ``configs/``, e.g.
@@ -206,6 +228,15 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     cfg = get_config(config_path, trained)
     if device is None and not torch.cuda.is_available():
         device = "cpu"
+    if not isinstance(cfg, CfgNode):  # a LazyConfig
+        from segtron.config import instantiate
+
+        model = instantiate(cfg.model)
+        if device is not None:
+            model = model.to(device)
+        if "train" in cfg and "init_checkpoint" in cfg.train:
+            DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        return model
     if device is not None:
         cfg.MODEL.DEVICE = device
     model = build_model(cfg)

@@ -12,6 +12,7 @@ from .backbone import (
     Backbone,
     ResNet,
     ResNetBlockBase,
+    TimmBackbone,
     build_backbone,
     build_resnet_backbone,
     make_stage,

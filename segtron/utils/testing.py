@@ -11,8 +11,7 @@ Differences from Detectron2, all forced by segtron running without network or CO
 * ``has_dynamic_axes`` checks that every axis is symbolic; Detectron2's version also accepts
   static axes (it only rejects numeric ``dim_param`` strings).
 
-``reload_lazy_config`` and the ONNX symbolic registration helpers are not here (LazyConfig and
-ONNX export: issue 19).
+The ONNX symbolic registration helpers are not here (ONNX export: issue 19).
 """
 
 import functools
@@ -32,6 +31,7 @@ __all__ = [
     "convert_scripted_instances",
     "assert_instances_allclose",
     "reload_script_model",
+    "reload_lazy_config",
     "min_torch_version",
     "has_dynamic_axes",
     "skipIfOnCPUCI",
@@ -214,6 +214,18 @@ def reload_script_model(module: torch.jit.ScriptModule) -> torch.jit.ScriptModul
     torch.jit.save(module, buffer)
     buffer.seek(0)
     return torch.jit.load(buffer)
+
+
+def reload_lazy_config(cfg: Any) -> Any:
+    """Save ``cfg`` with ``LazyConfig.save`` and load it back (checks it survives the trip)."""
+    import tempfile
+
+    from segtron.config import LazyConfig
+
+    with tempfile.TemporaryDirectory(prefix="segtron") as d:
+        path = os.path.join(d, "lazy_config.yaml")
+        LazyConfig.save(cfg, path)
+        return LazyConfig.load(path)
 
 
 def _release(version: str) -> tuple:

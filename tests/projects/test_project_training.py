@@ -43,6 +43,8 @@ CONFIGS = {
     "projects/YOLO/configs/COCO-Detection/yolox_s.yaml": SMALL_YOLOX,
     # The detector ablation (issue 16's configs), at the shapes configs' own sizes.
     "configs/Shapes/faster_rcnn_R_18_FPN.yaml": [],
+    # Issue 19's timm backbone (ConvNeXt-Atto from random weights) under the same detector.
+    "configs/Shapes/faster_rcnn_timm_convnext_FPN.yaml": [],
     "configs/Shapes/Detectors/faster_rcnn.yaml": [],
     "configs/Shapes/Detectors/mask_rcnn.yaml": [],
     "configs/Shapes/Detectors/retinanet.yaml": [],

@@ -1,4 +1,4 @@
-"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt and FPN, built by ``BACKBONE_REGISTRY``."""
+"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt, any timm model and FPN, built by ``BACKBONE_REGISTRY``."""
 
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
@@ -20,6 +20,12 @@ from .resnet import (
     build_resnet_backbone,
     make_stage,
 )
+from .timm_backbone import (
+    TimmBackbone,
+    build_timm_backbone,
+    build_timm_fpn_backbone,
+    build_timm_retinanet_fpn_backbone,
+)
 
 __all__ = [
     "Backbone",
@@ -39,4 +45,8 @@ __all__ = [
     "build_resnet_fpn_backbone",
     "build_retinanet_resnet_fpn_backbone",
     "build_fcos_resnet_fpn_backbone",
+    "TimmBackbone",
+    "build_timm_backbone",
+    "build_timm_fpn_backbone",
+    "build_timm_retinanet_fpn_backbone",
 ]

@@ -1,0 +1,133 @@
+"""Write a LazyConfig as readable Python source (``LazyConfig.to_py``).
+
+Top-level keys become ``<prefix><key> = <expression>`` lines; a dict with ``_target_`` becomes
+``LazyCall(Target)(...)`` with ``Target`` imported when it is a class or function, other dicts
+become ``dict(...)``. Expressions longer than one line allows are broken one argument a line.
+The result is exec-able as long as every leaf value has an evaluable ``repr``.
+"""
+
+import collections.abc as abc
+from typing import Any, Dict, List, Optional, Tuple
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from segtron.utils.registry import _convert_target_to_string
+
+__all__ = ["config_to_py"]
+
+_WIDTH = 100
+_INDENT = "    "
+
+
+class _Imports:
+    """Collects ``from module import Name`` lines; clashing names fall back to strings."""
+
+    def __init__(self):
+        self.by_name: Dict[str, str] = {}  # imported name -> module
+
+    def reference(self, obj: Any) -> Optional[str]:
+        """Python code naming ``obj`` (importing its module's top-level attribute), or None."""
+        try:
+            dotted = _convert_target_to_string(obj)
+        except ValueError:
+            return None
+        module, _, qualname = dotted.rpartition(".")
+        while module and "." in qualname:  # nested class: import its outermost class
+            module, _, outer = module.rpartition(".")
+            qualname = f"{outer}.{qualname}"
+        head = qualname.split(".")[0]
+        if not module or self.by_name.setdefault(head, module) != module:
+            return None
+        return qualname
+
+    def lines(self) -> List[str]:
+        """The import statements, sorted, with LazyCall's first."""
+        out = ["from segtron.config import LazyCall"]
+        out += sorted(f"from {m} import {n}" for n, m in self.by_name.items())
+        return out
+
+
+def _target_code(target: Any, imports: _Imports) -> str:
+    """An imported name for a callable target, else its dotted path as a string literal."""
+    if isinstance(target, str):
+        return repr(target)
+    ref = imports.reference(target)
+    if ref is not None:
+        return ref
+    try:
+        return repr(_convert_target_to_string(target))
+    except ValueError:
+        return repr(target)
+
+
+def _pieces(value: Any, imports: _Imports) -> Tuple[str, str, List[str]]:
+    """(open, close, items) of a container value, or ('', '', [code]) of a leaf."""
+    if isinstance(value, (ListConfig, list, tuple)):
+        items = [_expr(v, imports) for v in value]
+        if isinstance(value, tuple):
+            return "(", ",)" if len(items) == 1 else ")", items
+        return "[", "]", items
+    if isinstance(value, abc.Mapping):
+        keys = [str(k) for k in value.keys() if k != "_target_"]
+        as_kwargs = all(k.isidentifier() for k in keys)
+        items = [
+            f"{k}={_expr(value[k], imports)}" if as_kwargs else f"{k!r}: {_expr(value[k], imports)}"
+            for k in keys
+        ]
+        if "_target_" in value:
+            if not as_kwargs:
+                raise ValueError(f"to_py: LazyCall keys must be identifiers, got {keys}.")
+            return f"LazyCall({_target_code(value['_target_'], imports)})(", ")", items
+        return ("dict(", ")", items) if as_kwargs else ("{", "}", items)
+    if callable(value) and not isinstance(value, (str, bytes)):
+        ref = imports.reference(value)
+        if ref is not None:
+            return "", "", [ref]
+    return "", "", [repr(value)]
+
+
+def _expr(value: Any, imports: _Imports, indent: str = "", room: int = _WIDTH) -> str:
+    """``value`` as a Python expression, on one line when it fits in ``room`` characters."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = _container(value)
+    opening, closing, items = _pieces(value, imports)
+    if not opening:
+        return items[0]
+    flat = opening + ", ".join(items) + closing
+    if len(flat) <= room and "\n" not in flat:
+        return flat
+    inner = indent + _INDENT
+    lines = [inner + _rewrap(item, inner) + "," for item in items]
+    return opening + "\n" + "\n".join(lines) + "\n" + indent + closing.lstrip(",")
+
+
+def _rewrap(item: str, indent: str) -> str:
+    """Indent the continuation lines of a nested multi-line item."""
+    return item.replace("\n", "\n" + indent)
+
+
+def _container(cfg: Any) -> Any:
+    """A config as plain dicts and lists (interpolations kept as ``${...}`` strings)."""
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def config_to_py(cfg: Any, prefix: str = "cfg.") -> str:
+    """Python source that rebuilds ``cfg``: one assignment per top-level key after imports."""
+    if not isinstance(cfg, abc.Mapping):
+        raise ValueError(f"to_py needs a dict or DictConfig, got {type(cfg).__name__}.")
+    if isinstance(cfg, DictConfig):
+        cfg = _container(cfg)
+    imports = _Imports()
+    body = []
+    for key, value in cfg.items():
+        key = str(key)
+        if key.isidentifier():
+            lhs = f"{prefix}{key}"
+        elif prefix.endswith("."):
+            lhs = f"{prefix[:-1]}[{key!r}]"
+        else:
+            raise ValueError(f"to_py: top-level key {key!r} is not a Python identifier; pass a "
+                             "prefix such as 'cfg.' so it can be written as cfg['...'].")
+        body.append(f"{lhs} = {_expr(value, imports, '', _WIDTH - len(lhs) - 3)}")
+    return "\n".join(imports.lines() + [""] + body) + "\n"
+
