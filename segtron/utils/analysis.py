@@ -51,8 +51,9 @@ _QUIET_OPS = (
 
 
 def output_tensors(value: Any) -> List[torch.Tensor]:
-    """(segtron addition) Every tensor in a model output, in a fixed order: tensors, dicts (sorted keys), lists,
-    ``Instances`` (their fields) and structures with a ``.tensor`` (``Boxes``, masks)."""
+    """(segtron addition) Every tensor in a model output, in a fixed order: tensors, dicts
+    (sorted keys), lists, ``Instances`` (their fields) and structures with a ``.tensor``
+    (``Boxes``, masks)."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, Mapping):

@@ -1,4 +1,5 @@
-"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt, any timm model and FPN, built by ``BACKBONE_REGISTRY``."""
+"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt, any timm model and FPN, built by
+``BACKBONE_REGISTRY``."""
 
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
