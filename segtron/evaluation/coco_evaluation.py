@@ -13,11 +13,8 @@ report the operating point at maximal F1 (``F1max``, ``P@F1max``, ``R@F1max`` an
 import contextlib
 import copy
 import io
-import itertools
-import json
 import logging
 import os
-import pickle
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -28,11 +25,17 @@ import torch
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.datasets.coco import convert_to_coco_json
 from ..structures import BoxMode
-from ..utils import comm
 from ..utils.file_io import PathManager
 from ..utils.logger import create_small_table, create_table_with_header
-from .coco_proposals import evaluate_box_proposals_ar
 from .evaluator import DatasetEvaluator
+from .prediction_store import (
+    check_tasks,
+    evaluate_proposals,
+    gather_predictions,
+    predictions_of_batch,
+    save_predictions,
+    save_results_json,
+)
 from .fast_eval_api import (
     COCOevalMaxDets,
     get_coco_backend,
@@ -198,23 +201,9 @@ class COCOEvaluator(DatasetEvaluator):
                 )
         self._max_dets_per_image = max_dets
 
-        if tasks is not None and hasattr(tasks, "TEST"):
-            if not kpt_oks_sigmas:
-                kpt_oks_sigmas = tuple(tasks.TEST.KEYPOINT_OKS_SIGMAS)
-            logger.warning(
-                "COCOEvaluator was given a config instead of tasks (deprecated): tasks are "
-                "inferred from the predictions. Pass explicit arguments instead."
-            )
-            tasks = None
-        if tasks is not None:
-            tasks = tuple(tasks)
-            unknown = sorted(set(tasks) - set(_TASK_METRICS))
-            if unknown:
-                raise ValueError(
-                    f"COCOEvaluator('{dataset_name}'): unknown tasks {unknown}; choose from "
-                    f"{sorted(_TASK_METRICS)}."
-                )
-        self._tasks = tasks
+        if hasattr(tasks, "TEST") and not kpt_oks_sigmas:  # a config (deprecated form)
+            kpt_oks_sigmas = tuple(tasks.TEST.KEYPOINT_OKS_SIGMAS)
+        self._tasks = check_tasks("COCOEvaluator", dataset_name, tasks, tuple(_TASK_METRICS))
 
         _, _, backend = get_coco_backend(use_fast_impl)
         self._use_fast_impl = backend == "faster-coco-eval"
@@ -284,15 +273,9 @@ class COCOEvaluator(DatasetEvaluator):
                 ``instances_to_coco_json``) and/or ``proposals`` (kept as ``Instances`` with
                 ``proposal_boxes`` and ``objectness_logits``).
         """
-        for inp, output in zip(inputs, outputs):
-            prediction: Dict[str, Any] = {"image_id": inp["image_id"]}
-            if "instances" in output:
-                instances = output["instances"].to(self._cpu_device)
-                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
-            if "proposals" in output:
-                prediction["proposals"] = output["proposals"].to(self._cpu_device)
-            if len(prediction) > 1:
-                self._predictions.append(prediction)
+        self._predictions.extend(
+            predictions_of_batch(inputs, outputs, instances_to_coco_json, self._cpu_device)
+        )
 
     def evaluate(self, img_ids: Optional[Sequence[int]] = None) -> Dict[str, Any]:
         """Gather the predictions, write them and score them.
@@ -304,28 +287,12 @@ class COCOEvaluator(DatasetEvaluator):
             On the main process ``{task: {metric: value}}`` (a deep copy); ``{}`` on the other
             processes, and when no predictions were received at all.
         """
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            predictions = list(itertools.chain(*gathered))
-            if not comm.is_main_process():
-                return {}
-        else:
-            predictions = self._predictions
-
-        if len(predictions) == 0:
-            logger.warning(
-                "[COCOEvaluator] Did not receive valid predictions for dataset '%s' (did the model "
-                "return 'instances' or 'proposals'?).",
-                self._dataset_name,
-            )
+        predictions = gather_predictions(
+            self._predictions, self._distributed, "COCOEvaluator", self._dataset_name, logger
+        )
+        if predictions is None:
             return {}
-
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            file_path = os.path.join(self._output_dir, "instances_predictions.pth")
-            with PathManager.open(file_path, "wb") as f:
-                torch.save(predictions, f)
+        save_predictions(predictions, self._output_dir)
 
         self._results: "OrderedDict[str, Any]" = OrderedDict()
         if "proposals" in predictions[0]:
@@ -381,12 +348,7 @@ class COCOEvaluator(DatasetEvaluator):
         tasks = self._tasks or self._tasks_from_predictions(coco_results)
         self._unmap_category_ids(coco_results)
 
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info("Saving results to %s", file_path)
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
-                f.flush()
+        save_results_json(coco_results, self._output_dir, "coco_instances_results.json")
 
         if not self._do_evaluation:
             logger.info(
@@ -474,39 +436,10 @@ class COCOEvaluator(DatasetEvaluator):
 
     def _eval_box_proposals(self, predictions: List[Dict[str, Any]]) -> None:
         """Save the proposals and report their average recall (AR@100/1000, by area)."""
-        if self._output_dir:
-            bbox_mode = BoxMode.XYXY_ABS.value
-            ids, boxes, objectness_logits = [], [], []
-            for prediction in predictions:
-                ids.append(prediction["image_id"])
-                boxes.append(prediction["proposals"].proposal_boxes.tensor.numpy())
-                objectness_logits.append(prediction["proposals"].objectness_logits.numpy())
-            proposal_data = {
-                "boxes": boxes,
-                "objectness_logits": objectness_logits,
-                "ids": ids,
-                "bbox_mode": bbox_mode,
-            }
-            # A plain pickle, the format DATASETS.PROPOSAL_FILES_* expects
-            # (see data.build.load_proposals_into_dataset).
-            with PathManager.open(os.path.join(self._output_dir, "box_proposals.pkl"), "wb") as f:
-                pickle.dump(proposal_data, f)
-
-        if not self._do_evaluation:
-            logger.info("Annotations are not available for evaluation.")
-            return
-
-        logger.info("Evaluating bbox proposals ...")
-        res = {}
-        areas = {"all": "", "small": "s", "medium": "m", "large": "l"}
-        for limit in (100, 1000):
-            for area, suffix in areas.items():
-                stats = evaluate_box_proposals_ar(
-                    predictions, self._coco_api, area=area, limit=limit
-                )
-                res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
-        logger.info("Proposal metrics: \n%s", create_small_table(res))
-        self._results["box_proposals"] = res
+        res = evaluate_proposals(predictions, self._coco_api, self._output_dir,
+                                 self._do_evaluation)
+        if res is not None:
+            self._results["box_proposals"] = res
 
 
 def _evaluate_predictions_on_coco(

@@ -13,27 +13,29 @@ Results are percentages; a metric without any category to average over is NaN. L
 """
 
 import copy
-import itertools
-import json
 import logging
 import os
-import pickle
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from ..data.catalog import MetadataCatalog
-from ..structures import BoxMode
-from ..utils import comm
 from ..utils.file_io import PathManager
 from ..utils.logger import create_small_table
 from .coco_evaluation import instances_to_coco_json
-from .coco_proposals import evaluate_box_proposals_ar
 from .evaluator import DatasetEvaluator
 from .fast_eval_api import load_coco_api
 from .lvis_matching import flat_detections, match_federated
 from .lvis_metrics import format_summary_lines, lvis_metric_names, summarize_matches
+from .prediction_store import (
+    check_tasks,
+    evaluate_proposals,
+    gather_predictions,
+    predictions_of_batch,
+    save_predictions,
+    save_results_json,
+)
 from .operating_point import OPERATING_POINT_IOU, report_operating_points_from_detections
 
 __all__ = ["LVISEvaluator"]
@@ -83,21 +85,7 @@ class LVISEvaluator(DatasetEvaluator):
         """
         self._logger = logger
         self._dataset_name = dataset_name
-        if tasks is not None and hasattr(tasks, "TEST"):
-            logger.warning(
-                "LVISEvaluator was given a config instead of tasks (deprecated): tasks are "
-                "inferred from the predictions. Pass explicit arguments instead."
-            )
-            tasks = None
-        if tasks is not None:
-            tasks = tuple(tasks)
-            unknown = sorted(set(tasks) - set(_TASKS))
-            if unknown:
-                raise ValueError(
-                    f"LVISEvaluator('{dataset_name}'): unknown tasks {unknown}; LVIS evaluates "
-                    f"{list(_TASKS)}."
-                )
-        self._tasks = tasks
+        self._tasks = check_tasks("LVISEvaluator", dataset_name, tasks, _TASKS)
         if max_dets_per_image is None:
             max_dets_per_image = _DEFAULT_MAX_DETS
         if isinstance(max_dets_per_image, bool) or not isinstance(max_dets_per_image, int) \
@@ -146,14 +134,9 @@ class LVISEvaluator(DatasetEvaluator):
             outputs: model outputs with ``instances`` (converted by ``instances_to_coco_json``)
                 and/or ``proposals`` (kept as ``Instances``).
         """
-        for inp, output in zip(inputs, outputs):
-            prediction: Dict[str, Any] = {"image_id": inp["image_id"]}
-            if "instances" in output:
-                instances = output["instances"].to(self._cpu_device)
-                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
-            if "proposals" in output:
-                prediction["proposals"] = output["proposals"].to(self._cpu_device)
-            self._predictions.append(prediction)
+        self._predictions.extend(
+            predictions_of_batch(inputs, outputs, instances_to_coco_json, self._cpu_device)
+        )
 
     def evaluate(self) -> Dict[str, Any]:
         """Gather the predictions, write them and score them.
@@ -162,21 +145,12 @@ class LVISEvaluator(DatasetEvaluator):
             On the main process ``OrderedDict(bbox={...}, segm={...})`` (and ``box_proposals``
             for proposals), a deep copy; ``{}`` on other processes or without predictions.
         """
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
-        else:
-            predictions = self._predictions
-        if len(predictions) == 0:
-            logger.warning("[LVISEvaluator] Did not receive valid predictions.")
+        predictions = gather_predictions(
+            self._predictions, self._distributed, "LVISEvaluator", self._dataset_name, logger
+        )
+        if predictions is None:
             return {}
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            file_path = os.path.join(self._output_dir, "instances_predictions.pth")
-            with PathManager.open(file_path, "wb") as f:
-                torch.save(predictions, f)
+        save_predictions(predictions, self._output_dir)
 
         self._results: "OrderedDict[str, Any]" = OrderedDict()
         if "proposals" in predictions[0]:
@@ -217,12 +191,7 @@ class LVISEvaluator(DatasetEvaluator):
         tasks = self._tasks or self._tasks_from_predictions(lvis_results)
         self._unmap_category_ids(lvis_results)
 
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "lvis_instances_results.json")
-            logger.info("Saving results to %s", file_path)
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(lvis_results))
-                f.flush()
+        save_results_json(lvis_results, self._output_dir, "lvis_instances_results.json")
         if not self._do_evaluation:
             logger.info("Annotations are not available for evaluation.")
             return
@@ -245,28 +214,10 @@ class LVISEvaluator(DatasetEvaluator):
 
     def _eval_box_proposals(self, predictions: List[Dict[str, Any]]) -> None:
         """Save the proposals and report their average recall (AR@100/1000, by area)."""
-        if self._output_dir:
-            proposal_data = {
-                "boxes": [p["proposals"].proposal_boxes.tensor.numpy() for p in predictions],
-                "objectness_logits": [p["proposals"].objectness_logits.numpy()
-                                      for p in predictions],
-                "ids": [p["image_id"] for p in predictions],
-                "bbox_mode": BoxMode.XYXY_ABS.value,
-            }
-            with PathManager.open(os.path.join(self._output_dir, "box_proposals.pkl"), "wb") as f:
-                pickle.dump(proposal_data, f)
-        if not self._do_evaluation:
-            logger.info("Annotations are not available for evaluation.")
-            return
-        logger.info("Evaluating bbox proposals ...")
-        res = {}
-        for limit in (100, 1000):
-            for area, suffix in (("all", ""), ("small", "s"), ("medium", "m"), ("large", "l")):
-                stats = evaluate_box_proposals_ar(predictions, self._lvis_api, area=area,
-                                                  limit=limit)
-                res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
-        logger.info("Proposal metrics: \n%s", create_small_table(res))
-        self._results["box_proposals"] = res
+        res = evaluate_proposals(predictions, self._lvis_api, self._output_dir,
+                                 self._do_evaluation)
+        if res is not None:
+            self._results["box_proposals"] = res
 
 
 def _evaluate_predictions_on_lvis(lvis_gt, lvis_results: List[Dict[str, Any]], iou_type: str,

@@ -16,9 +16,7 @@ maximal F1. IoU alone decides a match: the angle difference of two boxes is not 
 import contextlib
 import copy
 import io
-import json
 import logging
-import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -28,10 +26,10 @@ from pycocotools.cocoeval import COCOeval
 
 from ..structures import BoxMode
 from ..structures.rotated_boxes import RotatedBoxes, pairwise_iou
-from ..utils.file_io import PathManager
 from .coco_evaluation import COCOEvaluator
 from .fast_eval_api import COCOevalMaxDets
 from .operating_point import report_operating_points
+from .prediction_store import save_results_json
 
 __all__ = ["RotatedCOCOEvaluator", "RotatedCOCOeval"]
 
@@ -213,11 +211,7 @@ class RotatedCOCOEvaluator(COCOEvaluator):
         """Write ``coco_instances_results.json`` and score the boxes (task ``bbox``)."""
         coco_results = [dict(r) for p in predictions for r in p["instances"]]
         self._unmap_category_ids(coco_results)
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info("Saving results to %s", file_path)
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
+        save_results_json(coco_results, self._output_dir, "coco_instances_results.json")
         if not self._do_evaluation:
             logger.info("Annotations are not available for evaluation.")
             return

@@ -146,7 +146,7 @@ def _decode(load: Callable[[], Any], filename: str, what: str) -> Any:
     """Run ``load()``, turning decoder failures into ``UnreadableFileError`` naming the file."""
     try:
         return load()
-    except (UnsafePickleError, MemoryError, KeyboardInterrupt):
+    except (UnsafePickleError, MemoryError):
         raise
     except Exception as e:  # any decoder failure means the bytes are not a valid file
         refused = _REFUSED_GLOBAL.search(str(e))

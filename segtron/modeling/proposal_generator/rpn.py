@@ -293,11 +293,11 @@ class RPN(nn.Module):
             matched_gt_boxes: N float tensors (R, 4): the ground-truth box matched to each
                 anchor (meaningful where the label is 1; zeros for an image without gt).
         """
-        anchors = Boxes.cat(list(anchors))
+        anchors = type(anchors[0]).cat(list(anchors))
         gt_labels, matched_gt_boxes = [], []
         for inst in gt_instances:
             gt_boxes = inst.gt_boxes
-            iou = pairwise_iou(gt_boxes, anchors)  # (M, R)
+            iou = self._anchor_iou(gt_boxes, anchors)  # (M, R)
             matched_idxs, labels = self.anchor_matcher(iou)
             labels = labels.to(device=gt_boxes.device)
             del iou
@@ -312,6 +312,10 @@ class RPN(nn.Module):
             gt_labels.append(labels)
             matched_gt_boxes.append(matched)
         return gt_labels, matched_gt_boxes
+
+    def _anchor_iou(self, gt_boxes: Boxes, anchors: Boxes) -> torch.Tensor:
+        """(M, R) IoU of the ground-truth boxes with all anchors (``RRPN``: rotated IoU)."""
+        return pairwise_iou(gt_boxes, anchors)
 
     def losses(
         self,

@@ -110,40 +110,16 @@ class RRPN(RPN):
                 f"{self.box_reg_loss_type!r} is for axis-aligned boxes; use 'smooth_l1'."
             )
 
-    @torch.no_grad()
-    def label_and_sample_anchors(
-        self, anchors: List[RotatedBoxes], gt_instances: List[Instances]
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """:meth:`RPN.label_and_sample_anchors` with rotated IoU.
-
-        Args:
-            anchors: one ``RotatedBoxes`` per level (R anchors in all).
-            gt_instances: N ``Instances`` with ``gt_boxes`` (``RotatedBoxes``).
-
-        Returns:
-            gt_labels: N (R,) tensors (1 positive, 0 negative, -1 ignored / not sampled).
-            matched_gt_boxes: N (R, 5) tensors, the gt box matched to each anchor (zeros for
-                an image without gt).
-        """
-        anchors = RotatedBoxes.cat(list(anchors))
-        gt_labels, matched_gt_boxes = [], []
-        for inst in gt_instances:
-            gt_boxes = inst.gt_boxes
-            if not isinstance(gt_boxes, RotatedBoxes):
-                raise ValueError(
-                    f"RRPN: gt_boxes must be RotatedBoxes, got {type(gt_boxes).__name__}; load "
-                    "rotated annotations (bbox_mode XYWHA_ABS) with "
-                    "annotations_to_instances_rotated."
-                )
-            matched_idxs, labels = self.anchor_matcher(pairwise_iou_rotated(gt_boxes, anchors))
-            labels = self._subsample_labels(labels.to(device=gt_boxes.device))
-            if len(gt_boxes) == 0:
-                matched = torch.zeros_like(anchors.tensor)
-            else:
-                matched = gt_boxes.tensor[matched_idxs]
-            gt_labels.append(labels)
-            matched_gt_boxes.append(matched)
-        return gt_labels, matched_gt_boxes
+    def _anchor_iou(self, gt_boxes: RotatedBoxes, anchors: RotatedBoxes) -> torch.Tensor:
+        """(M, R) rotated IoU; ``RPN.label_and_sample_anchors`` labels the anchors with it (no
+        boundary check: RRPN requires BOUNDARY_THRESH < 0)."""
+        if not isinstance(gt_boxes, RotatedBoxes):
+            raise ValueError(
+                f"RRPN: gt_boxes must be RotatedBoxes, got {type(gt_boxes).__name__}; load "
+                "rotated annotations (bbox_mode XYWHA_ABS) with "
+                "annotations_to_instances_rotated."
+            )
+        return pairwise_iou_rotated(gt_boxes, anchors)
 
     def predict_proposals(
         self,
