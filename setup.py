@@ -78,6 +78,10 @@ setup(
         "cityscapesscripts>=2.3.0,<3",
         "omegaconf>=2.1,<3",
         "timm>=0.9,<2",
+        # tools/deploy/export_model.py --format onnx: torch's exporter writes through `onnx`,
+        # and the exported file is checked by running it in onnxruntime.
+        "onnx>=1.16,<2",
+        "onnxruntime>=1.18,<2",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3"]},
 )
