@@ -67,7 +67,27 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument("--module", default="",
                         help="analyze only this submodule (dotted path, e.g. 'backbone'), fed "
                              "what inference gives it (segtron addition)")
-    return parser.parse_args(argv)
+    return parser.parse_args(_tasks_first(sys.argv[1:] if argv is None else list(argv)))
+
+
+def _tasks_first(argv: List[str]) -> List[str]:
+    """``argv`` with ``--tasks`` and the task names after it moved to the front.
+
+    ``--tasks`` takes one or more values, so argparse would also hand it the trailing
+    ``KEY VALUE`` overrides of ``--tasks flop MODEL.WEIGHTS x`` (and fail on "MODEL.WEIGHTS").
+    The task list ends at the first word after it that is not a task name; the rest stays in
+    order.
+    """
+    for start, word in enumerate(argv):
+        if word == "--tasks" or word.startswith("--tasks="):
+            end = start + 1
+            if word == "--tasks":
+                if end < len(argv) and not argv[end].startswith("-"):
+                    end += 1  # the first value, even a wrong one: argparse names it
+                while end < len(argv) and argv[end] in TASKS:
+                    end += 1
+            return argv[start:end] + argv[:start] + argv[end:]
+    return argv
 
 
 def setup(args):

@@ -108,3 +108,22 @@ def test_bad_module_names(run):
     with pytest.raises(ValueError, match="'head'.*list"):
         run("--tasks", "flop", "--module", "head", "--input-size", 64, 64,
             "--config-file", RETINANET, *TINY)
+
+
+def test_overrides_after_the_task_list_are_not_taken_for_tasks(tool):
+    """``--tasks`` is variadic: the config overrides written after it must stay overrides."""
+    args = tool.parse_args(["--config-file", RETINANET, "--tasks", "flop", "parameter",
+                            "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    assert args.tasks == ["flop", "parameter"]
+    assert args.config_file == RETINANET
+    assert args.opts == ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
+    args = tool.parse_args(["--tasks", "structure", "--config-file", RETINANET, "-n", "3",
+                            "MODEL.WEIGHTS", "w.pth"])
+    assert (args.tasks, args.num_inputs, args.opts) == (["structure"], 3, ["MODEL.WEIGHTS", "w.pth"])
+
+
+
+def test_an_unknown_task_is_named(tool, capsys):
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--tasks", "flops", "--config-file", RETINANET])
+    assert "invalid choice: 'flops'" in capsys.readouterr().err
