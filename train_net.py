@@ -17,7 +17,6 @@ Detectron2-style scripts subclass ``Trainer`` (or ``DefaultTrainer``) to change 
 this file is meant to be copied and edited as much as to be run.
 """
 
-import importlib
 import logging
 import os
 import sys
@@ -32,7 +31,7 @@ if REPO_ROOT not in sys.path:  # runnable as `python train_net.py` without insta
 import torch  # noqa: E402
 
 from segtron.checkpoint import DetectionCheckpointer  # noqa: E402
-from segtron.config import CfgNode, get_cfg  # noqa: E402
+from segtron.config import CfgNode  # noqa: E402
 from segtron.data import (  # noqa: E402
     DatasetMapper,
     MetadataCatalog,
@@ -46,6 +45,7 @@ from segtron.engine.defaults import (  # noqa: E402
 )
 from segtron.engine import hooks  # noqa: E402
 from segtron.engine.launch import launch  # noqa: E402
+from segtron.engine.projects import get_cfg_with_projects, load_projects  # noqa: E402
 from segtron.engine.model_ema import load_model_ema_for_eval  # noqa: E402
 from segtron.evaluation import (  # noqa: E402
     CityscapesInstanceEvaluator,
@@ -66,38 +66,9 @@ logger = logging.getLogger("segtron.train_net")
 PROJECTS_DIR = os.path.join(REPO_ROOT, "projects")
 
 
-def load_projects(projects_dir: str = PROJECTS_DIR) -> List[Any]:
-    """Import every package directly under ``projects_dir`` (sorted by name) and return them.
-
-    A package is a subdirectory holding an ``__init__.py``; it is imported as
-    ``projects.<name>``, which runs its registrations. Importing twice is harmless (Python
-    caches modules).
-    """
-    modules = []
-    if not os.path.isdir(projects_dir):
-        return modules
-    parent = os.path.dirname(os.path.abspath(projects_dir))
-    if parent not in sys.path:
-        sys.path.insert(0, parent)
-    package = os.path.basename(os.path.normpath(projects_dir))
-    for name in sorted(os.listdir(projects_dir)):
-        if name.startswith((".", "_")):
-            continue
-        if not os.path.isfile(os.path.join(projects_dir, name, "__init__.py")):
-            continue
-        try:
-            modules.append(importlib.import_module(f"{package}.{name}"))
-        except Exception as err:
-            raise ImportError(
-                f"Importing project '{name}' ({os.path.join(projects_dir, name)}) failed: "
-                f"{err!r}. Fix the project, or move it out of {projects_dir} to disable it."
-            ) from err
-    return modules
-
-
 # Imported at module level, so that the processes started by `launch` (which import this file
 # anew, with the "spawn" method) register the projects' components too.
-PROJECTS = load_projects()
+PROJECTS = load_projects(PROJECTS_DIR)
 
 
 def evaluator_classes(dataset_name: str) -> List[type]:
@@ -266,11 +237,7 @@ def log_tta_change(results: Mapping, tta_results: Mapping) -> None:
 def build_config(args) -> CfgNode:
     """The config of ``args`` (not frozen): defaults, every project's ``add_config``, then
     ``--config-file``, then the ``KEY VALUE`` overrides."""
-    cfg = get_cfg()
-    for project in PROJECTS:
-        add_config = getattr(project, "add_config", None)
-        if callable(add_config):
-            add_config(cfg)
+    cfg = get_cfg_with_projects(PROJECTS)
     if args.config_file:
         cfg.merge_from_file(args.config_file,
                             allow_unsafe=bool(getattr(args, "allow_unsafe_yaml", False)))

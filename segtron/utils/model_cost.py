@@ -30,7 +30,6 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
@@ -91,21 +90,11 @@ def load_run_config(output_dir: str) -> CfgNode:
             "config.yaml there at start-up (copy the run's config file there as config.yaml "
             "if it was removed)."
         )
-    train_net = _import_train_net()
-    return train_net.build_config(SimpleNamespace(config_file=path, opts=[]))
+    from segtron.engine.projects import get_cfg_with_projects
 
-
-def _import_train_net():
-    """The repository root's ``train_net.py``, which imports every project on import."""
-    try:
-        import train_net
-    except ModuleNotFoundError as err:
-        if err.name != "train_net":
-            raise
-        raise ModuleNotFoundError(
-            "load_run_config needs the repository root's train_net.py (to load the projects' "
-            "config keys): run from the repository root or put it on PYTHONPATH.") from err
-    return train_net
+    cfg = get_cfg_with_projects()
+    cfg.merge_from_file(path)
+    return cfg
 
 
 def find_run_checkpoint(output_dir: str) -> str:

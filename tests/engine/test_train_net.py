@@ -517,3 +517,21 @@ def test_every_builtin_dataset_has_an_evaluator():
             "sem_seg", "coco_panoptic_seg"} <= set(types)
     for evaluator_type, name in types.items():
         assert train_net.evaluator_classes(name), (evaluator_type, name)
+
+
+def test_project_keys_load_without_train_net(tmp_path):
+    """A run's config that uses a project's key loads in a process that never imports
+    train_net.py, from another working directory (tools and model_cost do that)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "config.yaml").write_text("MODEL:\n  SEM_SEG_HEAD:\n    PROJECT_CHANNELS: [40]\n")
+    code = ("import sys; from segtron.utils.model_cost import load_run_config; "
+            f"cfg = load_run_config({str(tmp_path)!r}); "
+            "assert 'train_net' not in sys.modules; "
+            "print(list(cfg.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[40]"
