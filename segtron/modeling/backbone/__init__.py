@@ -1,5 +1,5 @@
-"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt, any timm model and FPN, built by
-``BACKBONE_REGISTRY``."""
+"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt, RegNet, any timm model and FPN, built
+by ``BACKBONE_REGISTRY``."""
 
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
@@ -11,6 +11,7 @@ from .fpn import (
     build_fcos_resnet_fpn_backbone,
     build_retinanet_resnet_fpn_backbone,
 )
+from .regnet import RegNet
 from .resnet import (
     BasicBlock,
     BasicStem,
@@ -40,6 +41,7 @@ __all__ = [
     "DeformBottleneckBlock",
     "make_stage",
     "build_resnet_backbone",
+    "RegNet",
     "FPN",
     "LastLevelMaxPool",
     "LastLevelP6P7",
