@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 class BuildPyWithConfigs(build_py):
-    """build_py that also ships the repository's ``configs/`` as ``segtron/model_zoo/configs``.
+    """build_py that also ships the repository's ``configs/`` (``*.yaml`` and LazyConfig ``*.py``
+    files) as ``segtron/model_zoo/configs``.
 
     ``segtron.model_zoo.get_config_file`` looks there in an installed copy (and in the
     checkout's ``configs/`` when run from source), so the configs live in one place in git.
@@ -23,7 +24,9 @@ class BuildPyWithConfigs(build_py):
     def _config_files(self):
         src = ROOT / "configs"
         dst = Path(self.build_lib) / "segtron" / "model_zoo" / "configs"
-        return [(p, dst / p.relative_to(src)) for p in sorted(src.rglob("*.yaml"))]
+        # YAML configs and Python (LazyConfig) configs; the .py files are data, not modules.
+        files = sorted(p for pattern in ("*.yaml", "*.py") for p in src.rglob(pattern))
+        return [(p, dst / p.relative_to(src)) for p in files]
 
     def run(self):
         super().run()

@@ -9,7 +9,7 @@ import torch
 
 import train_net
 from segtron import model_zoo
-from segtron.config import get_cfg
+from segtron.config import LazyConfig, get_cfg, instantiate
 from segtron.config.merge import iter_full_keys
 from segtron.data import DatasetMapper
 from segtron.data.datasets.coco import load_coco_json
@@ -29,6 +29,7 @@ PROJECT_YAML = sorted(
     p.relative_to(REPO).as_posix() for p in (REPO / "projects").glob("*/configs/**/*.yaml")
 )
 R50 = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+ALL_PY = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.py"))
 
 
 def _load(rel: str):
@@ -73,13 +74,32 @@ def test_every_shipped_config_builds_its_model(path):
     assert sum(p.numel() for p in params) > 0
 
 
+@pytest.mark.parametrize("rel", ALL_PY)
+def test_every_shipped_py_config_loads_and_builds_its_model(rel):
+    """Every LazyConfig (.py) under configs/ loads; its ``model``, if it has one, instantiates
+    (on the meta device, as above). Files of configs/common/ without a model (data, optim,
+    schedules, train) only load."""
+    cfg = LazyConfig.load(str(CONFIGS / rel))
+    assert len(cfg) > 0, rel
+    if "model" not in cfg:
+        assert rel.startswith("common/"), f"{rel} has no model"
+        return
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    params = list(model.parameters())
+    assert params and all(p.is_meta for p in params)
+
+
 def test_every_model_zoo_entry_is_a_shipped_config():
-    """The model-zoo entries are built by the test above: each is a config under configs/."""
+    """The model-zoo entries are built by the tests above: each is a config under configs/
+    (YAML, or .py for Detectron2's LazyConfig new baselines)."""
     from segtron.model_zoo.model_zoo import _ModelZooUrls
 
-    for name in _ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX:
-        assert f"{name}.yaml" in ALL_YAML, name
-        assert model_zoo.get_config(f"{name}.yaml", trained=True).MODEL.WEIGHTS.startswith("https")
+    for config in _ModelZooUrls.config_files():
+        assert config in ALL_YAML or config in ALL_PY, config
+        cfg = model_zoo.get_config(config, trained=True)
+        weights = cfg.MODEL.WEIGHTS if config.endswith(".yaml") else cfg.train.init_checkpoint
+        assert weights.startswith("https"), config
 
 
 # Facts from Detectron2's configs: (config, key, value).

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from segtron.utils.registry import _convert_target_to_string
 
 from .lazy_loader import exec_config_file, to_config, top_level_configs
+from .lazy_yaml import ConfigDumper, ConfigLoader, is_named_callable
 from .lazy_to_py import config_to_py
 
 __all__ = ["LazyCall", "LazyConfig"]
@@ -64,9 +65,10 @@ def _parse_override_value(text: str) -> Any:
 
 
 def _targets_to_strings(cfg: Any) -> None:
-    """Replace callable ``_target_`` values by their dotted import paths, in place."""
+    """Replace callable ``_target_`` values by their dotted import paths, in place (a
+    ``_target_`` that is itself a LazyCall config is left as a config, its own targets named)."""
     if isinstance(cfg, DictConfig):
-        if "_target_" in cfg and not isinstance(cfg._get_node("_target_")._value(), str):
+        if "_target_" in cfg and callable(cfg._get_node("_target_")._value()):
             cfg["_target_"] = _convert_target_to_string(cfg["_target_"])
         for key in cfg.keys():
             _targets_to_strings(cfg._get_node(key))
@@ -81,7 +83,7 @@ def _unserializable_paths(obj: Any, path: str = "") -> List[str]:
         return [p for k, v in obj.items() for p in _unserializable_paths(v, f"{path}.{k}")]
     if isinstance(obj, (list, tuple)):
         return [p for i, v in enumerate(obj) for p in _unserializable_paths(v, f"{path}[{i}]")]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    if obj is None or isinstance(obj, (bool, int, float, str)) or is_named_callable(obj):
         return []
     return [path.lstrip(".")]
 
@@ -91,7 +93,7 @@ def _replace_unserializable(obj: Any) -> Any:
         return {k: _replace_unserializable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_replace_unserializable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    if obj is None or isinstance(obj, (bool, int, float, str)) or is_named_callable(obj):
         return obj
     return f"<unserializable: {obj!r}>"
 
@@ -118,7 +120,7 @@ class LazyConfig:
         else:
             with open(filename, encoding="utf-8") as f:
                 try:
-                    data = yaml.safe_load(f)
+                    data = yaml.load(f, Loader=ConfigLoader)
                 except yaml.YAMLError as e:
                     raise ValueError(f"Config file {filename} is not valid YAML: {e}") from e
             cfg = OmegaConf.create(data or {}, flags={"allow_objects": True})
@@ -145,7 +147,8 @@ class LazyConfig:
     def save(cfg: Any, filename: str) -> None:
         """Save ``cfg`` as YAML that ``load`` reads back.
 
-        Callable ``_target_`` values are written as dotted import paths. Other values YAML
+        Callable ``_target_`` values are written as dotted import paths, other importable
+        classes and functions as ``!!python/name:`` tags (see ``lazy_yaml``). Values YAML
         cannot hold (lambdas, objects) are written as ``"<unserializable: ...>"`` strings with a
         warning naming them: the file is readable but does not reproduce those values.
         """
@@ -160,8 +163,8 @@ class LazyConfig:
                            "values; they are written as '<unserializable: ...>' strings.",
                            filename, ", ".join(bad))
             data = _replace_unserializable(data)
-        text = yaml.safe_dump(data, default_flow_style=None, allow_unicode=True, width=9999,
-                              sort_keys=False)
+        text = yaml.dump(data, Dumper=ConfigDumper, default_flow_style=None, allow_unicode=True,
+                         width=9999, sort_keys=False)
         with open(filename, "w", encoding="utf-8") as f:
             f.write(text)
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segtron.utils.registry import _convert_target_to_string
+from segtron.utils.registry import _convert_target_to_string, locate
 
 __all__ = ["config_to_py"]
 
@@ -31,11 +31,21 @@ class _Imports:
             dotted = _convert_target_to_string(obj)
         except ValueError:
             return None
-        module, _, qualname = dotted.rpartition(".")
-        while module and "." in qualname:  # nested class: import its outermost class
-            module, _, outer = module.rpartition(".")
-            qualname = f"{outer}.{qualname}"
+        qualname = getattr(obj, "__qualname__", "")
+        if qualname and dotted.endswith("." + qualname):
+            module = dotted[: -len(qualname) - 1]
+        else:
+            module, _, qualname = dotted.rpartition(".")
+        if "<" in qualname:  # a lambda or a function's local: not importable
+            return None
+        # A nested name (a class's method such as ResNet.make_stage, or a nested class): import
+        # the outermost class and reach the rest through attributes.
         head = qualname.split(".")[0]
+        if head != qualname:  # import the outer class from where its own reference names it
+            try:
+                module = _convert_target_to_string(locate(f"{module}.{head}")).rpartition(".")[0]
+            except (ImportError, ValueError):
+                pass
         if not module or self.by_name.setdefault(head, module) != module:
             return None
         return qualname

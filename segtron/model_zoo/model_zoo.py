@@ -26,9 +26,9 @@ class _ModelZooUrls:
 
     S3_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
 
-    # config path without ".yaml" -> "<model id>/model_final_<hash>.pkl": every YAML config of
-    # Detectron2's model zoo that has released weights (its LazyConfig new_baselines/*.py
-    # models are not listed: segtron reads YAML configs only).
+    # config path without ".yaml" / ".py" -> "<model id>/model_final_<hash>.pkl": every config
+    # of Detectron2's model zoo that has released weights (YAML configs, and the LazyConfig
+    # new_baselines/*.py models).
     CONFIG_PATH_TO_URL_SUFFIX = {
         # COCO detection: Faster R-CNN
         "COCO-Detection/faster_rcnn_R_50_C4_1x": "137257644/model_final_721ade.pkl",
@@ -60,6 +60,20 @@ class _ModelZooUrls:
         "COCO-InstanceSegmentation/mask_rcnn_R_101_DC5_3x": "138363294/model_final_0464b7.pkl",
         "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x": "138205316/model_final_a3ec72.pkl",
         "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x": "139653917/model_final_2d9806.pkl",  # noqa: E501
+        # COCO instance segmentation: new baselines (LazyConfig .py files), trained from scratch
+        # with large-scale jitter and long schedules
+        "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ": "42047764/model_final_bb69de.pkl",
+        "new_baselines/mask_rcnn_R_50_FPN_200ep_LSJ": "42047638/model_final_89a8d3.pkl",
+        "new_baselines/mask_rcnn_R_50_FPN_400ep_LSJ": "42019571/model_final_14d201.pkl",
+        "new_baselines/mask_rcnn_R_101_FPN_100ep_LSJ": "42025812/model_final_4f7b58.pkl",
+        "new_baselines/mask_rcnn_R_101_FPN_200ep_LSJ": "42131867/model_final_0bb7ae.pkl",
+        "new_baselines/mask_rcnn_R_101_FPN_400ep_LSJ": "42073830/model_final_f96b26.pkl",
+        "new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_100ep_LSJ": "42047771/model_final_b7fbab.pkl",  # noqa: E501
+        "new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_200ep_LSJ": "42132721/model_final_5d87c1.pkl",  # noqa: E501
+        "new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_400ep_LSJ": "42025447/model_final_f1362d.pkl",  # noqa: E501
+        "new_baselines/mask_rcnn_regnety_4gf_dds_FPN_100ep_LSJ": "42047784/model_final_6ba57e.pkl",  # noqa: E501
+        "new_baselines/mask_rcnn_regnety_4gf_dds_FPN_200ep_LSJ": "42047642/model_final_27b9c1.pkl",  # noqa: E501
+        "new_baselines/mask_rcnn_regnety_4gf_dds_FPN_400ep_LSJ": "42045954/model_final_ef3a80.pkl",  # noqa: E501
         # COCO person keypoints: Keypoint R-CNN
         "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x": "137261548/model_final_04e291.pkl",
         "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x": "137849621/model_final_a6e10b.pkl",
@@ -94,12 +108,30 @@ class _ModelZooUrls:
         "Detectron1-Comparisons/keypoint_rcnn_R_50_FPN_1x": "137781195/model_final_cce136.pkl",
     }
 
+    # Configs whose Detectron2 release is a LazyConfig (.py) file; all others are YAML files.
+    PY_CONFIG_PREFIXES = ("new_baselines/",)
+
     @classmethod
     def query(cls, config_path: str) -> Optional[str]:
-        """The weights URL for ``config_path``, or None if Detectron2 released none we list."""
-        name = config_path[: -len(".yaml")] if config_path.endswith(".yaml") else config_path
+        """The weights URL for ``config_path`` (``.yaml``, ``.py`` or no extension), or None if
+        Detectron2 released none we list. A model's YAML and ``.py`` twins share its weights."""
+        name = _strip_config_ext(config_path)
         suffix = cls.CONFIG_PATH_TO_URL_SUFFIX.get(name)
         return None if suffix is None else f"{cls.S3_PREFIX}{name}/{suffix}"
+
+    @classmethod
+    def config_files(cls) -> List[str]:
+        """The config files (relative to ``configs/``, with extension) that have weights."""
+        return [f"{name}.py" if name.startswith(cls.PY_CONFIG_PREFIXES) else f"{name}.yaml"
+                for name in sorted(cls.CONFIG_PATH_TO_URL_SUFFIX)]
+
+
+def _strip_config_ext(config_path: str) -> str:
+    """``config_path`` without a trailing ``.yaml`` or ``.py``."""
+    for ext in (".yaml", ".py"):
+        if config_path.endswith(ext):
+            return config_path[: -len(ext)]
+    return config_path
 
 
 def get_checkpoint_url(config_path: str) -> str:
@@ -107,19 +139,21 @@ def get_checkpoint_url(config_path: str) -> str:
 
     Args:
         config_path: config path relative to ``configs/``, e.g.
-            ``"COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"``.
+            ``"COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"`` or
+            ``"new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"``; a YAML config and its
+            ``.py`` twin share the weights.
 
     Raises:
         RuntimeError: if no released weights are known for that config.
     """
     url = _ModelZooUrls.query(config_path)
     if url is None:
-        with_weights = [f"{k}.yaml" for k in sorted(_ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX)]
+        with_weights = _ModelZooUrls.config_files()
         closest = difflib.get_close_matches(config_path, with_weights, n=5, cutoff=0.0)
         raise RuntimeError(
             f"No pretrained model-zoo weights are known for '{config_path}'. Detectron2 released "
-            f"weights for {len(with_weights)} configs (none for the base configs, quick_schedules "
-            f"or LVISv1); the closest: {', '.join(closest)}."
+            f"weights for {len(with_weights)} configs (none for the base configs, common/, "
+            f"quick_schedules or LVISv1); the closest: {', '.join(closest)}."
         )
     return url
 
@@ -153,11 +187,6 @@ def get_config_file(config_path: str) -> str:
         if candidate.is_file():
             return str(candidate)
     available = list_configs()
-    if config_path.endswith(".py") and not any(c.endswith(".py") for c in available):
-        raise RuntimeError(
-            f"'{config_path}' not available in the model zoo: segtron ships no LazyConfig (.py) "
-            "configs yet. Use a YAML config, or LazyConfig.load() on your own .py file."
-        )
     if not available:
         raise RuntimeError(
             f"'{config_path}' not available in the model zoo: no configs found in "

@@ -194,5 +194,5 @@ def test_to_py_reproduces_the_config(tmp_path, prefix):
 
 
 def test_model_zoo_py_config_not_shipped_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="no LazyConfig"):
-        model_zoo.get_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
+    with pytest.raises(RuntimeError, match="not available.*mask_rcnn_R_50_FPN_100ep_LSJ.py"):
+        model_zoo.get_config("new_baselines/mask_rcnn_R_50_FPN_1000ep_LSJ.py")

@@ -152,8 +152,11 @@ def test_every_detectron2_config_is_shipped(config):
 
 
 def test_url_table_is_detectron2s():
-    """The package's table holds exactly Detectron2's YAML entries, nothing more."""
-    assert {f"{k}.yaml" for k in _ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX} == set(URLS)
+    """The package's table holds exactly Detectron2's YAML entries, nothing more (its .py
+    new_baselines entries: tests/model_zoo/test_lazy_configs.py)."""
+    yaml_entries = {k for k in _ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX
+                    if not k.startswith("new_baselines/")}
+    assert {f"{k}.yaml" for k in yaml_entries} == set(URLS)
 
 
 @pytest.mark.parametrize("config", sorted(URLS))
@@ -164,8 +167,8 @@ def test_checkpoint_urls(config):
 
 
 def test_every_url_has_a_shipped_config():
-    for name in _ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX:
-        assert Path(model_zoo.get_config_file(name + ".yaml")).is_file()
+    for config in _ModelZooUrls.config_files():
+        assert Path(model_zoo.get_config_file(config)).is_file()
 
 
 def test_no_url_for_base_configs():
@@ -319,8 +322,10 @@ def test_pip_install_ships_the_configs(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
 
     shipped = target / "segtron" / "model_zoo" / "configs"
-    expected = sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml"))
-    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*.yaml")) == expected
+    for pattern in ("*.yaml", "*.py"):  # YAML and LazyConfig configs
+        expected = sorted(p.relative_to(REPO / "configs")
+                          for p in (REPO / "configs").rglob(pattern))
+        assert sorted(p.relative_to(shipped) for p in shipped.rglob(pattern)) == expected
 
     probe = (
         "import segtron, segtron.model_zoo as mz\n"
@@ -328,13 +333,17 @@ def test_pip_install_ships_the_configs(tmp_path):
         "path = mz.get_config_file('COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml')\n"
         "print(path)\n"
         "print(mz.get_config('COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml').MODEL.KEYPOINT_ON)\n"
+        "lsj = mz.get_config('new_baselines/mask_rcnn_R_101_FPN_400ep_LSJ.py', trained=True)\n"
+        "print(lsj.model.backbone.bottom_up.stages.depth, lsj.train.init_checkpoint)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    module_file, config_file, keypoint_on = out.stdout.split()
+    module_file, config_file, keypoint_on, depth, lsj_weights = out.stdout.split()
     assert Path(module_file).is_relative_to(target)
     assert Path(config_file) == shipped / "COCO-InstanceSegmentation" / "mask_rcnn_R_50_FPN_1x.yaml"
     assert keypoint_on == "True"
+    # A .py config of the installed copy, its relative imports (common/) resolved there too.
+    assert depth == "101" and lsj_weights.endswith("42073830/model_final_f96b26.pkl")
