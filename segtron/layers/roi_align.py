@@ -59,8 +59,10 @@ class ROIAlign(nn.Module):
             out_h, out_w = _pair(self.output_size)
             # Keep the graph connected so backward through an empty batch works.
             return input.new_zeros((0, input.shape[1], out_h, out_w)) + input.sum() * 0
-        if input.device.type == "cpu" and is_channels_last(input):
+        if input.device.type == "cpu" and is_channels_last(input) and not torch.jit.is_tracing():
             # NHWC features (MODEL.CHANNELS_LAST): a multi-threaded sparse product, no NCHW copy.
+            # Not while tracing: its sampling grid depends on the boxes (frozen in a trace),
+            # and torchvision's op is the one with an ONNX export.
             return roi_align_nhwc(input, rois, _pair(self.output_size), self.spatial_scale,
                                   self.sampling_ratio, self.aligned)
         return roi_align(

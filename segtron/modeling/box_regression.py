@@ -54,7 +54,9 @@ def _check_apply(deltas: torch.Tensor, boxes: torch.Tensor, name: str) -> int:
             f"{name}.apply_deltas: boxes must have shape ({deltas.shape[0]}, 4) to match deltas "
             f"{tuple(deltas.shape)}, got {tuple(boxes.shape)}."
         )
-    return deltas.shape[1] // 4
+    # A Python int even while tracing (k is fixed by the model): the ONNX export of a traced
+    # k turns reshape(n, k, 4) into reshape(n, -1, 4), which fails on zero boxes.
+    return int(deltas.shape[1]) // 4
 
 
 def _compute_dtype(deltas: torch.Tensor) -> torch.dtype:

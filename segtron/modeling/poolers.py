@@ -225,10 +225,15 @@ class ROIPooler(nn.Module):
         levels = assign_boxes_to_levels(
             box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
-        # Group boxes by level with one sort and one host transfer of the counts (instead of
-        # one synchronising nonzero per level).
-        order = torch.argsort(levels, stable=True)
-        counts = torch.bincount(levels, minlength=num_levels).tolist()
+        if torch.jit.is_tracing():
+            # Traced: one nonzero per level, so the per-level box counts stay dynamic (the
+            # host-side counts below would be frozen into the graph).
+            level_inds = [torch.nonzero(levels == lv).squeeze(1) for lv in range(num_levels)]
+        else:
+            # Group boxes by level with one sort and one host transfer of the counts (instead
+            # of one synchronising nonzero per level).
+            order = torch.argsort(levels, stable=True)
+            level_inds = order.split(torch.bincount(levels, minlength=num_levels).tolist())
         # Channels-last features (MODEL.CHANNELS_LAST) give channels-last pooled features: the
         # mask head's convolutions then run NHWC too (faster on CPU); a box head that flattens
         # reads them in the usual (C, H, W) order either way.
@@ -236,7 +241,7 @@ class ROIPooler(nn.Module):
         # Every box belongs to exactly one level, so every row is written below: no zero fill.
         output = torch.empty((rois.shape[0], channels, out_h, out_w), dtype=x[0].dtype,
                              device=x[0].device, memory_format=layout)
-        for level, (pooler, inds) in enumerate(zip(self.level_poolers, order.split(counts))):
+        for level, (pooler, inds) in enumerate(zip(self.level_poolers, level_inds)):
             # Every level is pooled, even with no boxes, so all levels stay in the graph.
             output.index_put_((inds,), pooler(x[level], rois[inds]))
         return output

@@ -203,7 +203,9 @@ class Boxes:
         else:
             data = torch.as_tensor(tensor, dtype=torch.float32, device=torch.device("cpu"))
         if data.numel() == 0:
-            data = data.reshape((0, 4))
+            # -1, not 0: a model traced on an image with no boxes keeps this reshape, which
+            # must stay valid (a no-op) for (N, 4) boxes of other images.
+            data = data.reshape((-1, 4))
         if data.dim() != 2 or data.shape[-1] != 4:
             raise ValueError(
                 f"Boxes expects an (N, 4) tensor of (x0, y0, x1, y1) rows, got shape "

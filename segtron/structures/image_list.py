@@ -94,9 +94,15 @@ class ImageList:
                     "all images must have the same number of channels."
                 )
 
-        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
-        max_h = max(h for h, _ in image_sizes)
-        max_w = max(w for _, w in image_sizes)
+        if torch.jit.is_tracing():
+            # Sizes stay the tracer's 0-dim size tensors so that a traced model accepts other
+            # image sizes (eager code keeps Python ints, as documented).
+            image_sizes = [(t.shape[-2], t.shape[-1]) for t in tensors]
+            max_h, max_w = torch.stack([torch.stack(s) for s in image_sizes]).max(0).values
+        else:
+            image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+            max_h = max(h for h, _ in image_sizes)
+            max_w = max(w for _, w in image_sizes)
 
         if padding_constraints is not None:
             square_size = int(padding_constraints.get("square_size", 0))
@@ -113,9 +119,21 @@ class ImageList:
 
         if size_divisibility > 1:
             stride = int(size_divisibility)
-            max_h = -(-max_h // stride) * stride
-            max_w = -(-max_w // stride) * stride
+            # Round up with non-negative operands only: the ONNX export of `//` truncates, so
+            # the -(-x // s) form would round down in an exported (traced) model.
+            max_h = (max_h + (stride - 1)) // stride * stride
+            max_w = (max_w + (stride - 1)) // stride * stride
 
+        if torch.jit.is_tracing():
+            # Traced: pad each image and stack (the ONNX export of copy_ into a slice below
+            # freezes the traced image size, so another size would fail in onnxruntime).
+            batched = torch.stack([
+                torch.nn.functional.pad(
+                    img, [0, max_w - img.shape[-1], 0, max_h - img.shape[-2]], value=pad_value
+                )
+                for img in tensors
+            ])
+            return ImageList(batched.contiguous(), image_sizes)
         first = tensors[0]
         batch_shape = [len(tensors), *first.shape[:-2], max_h, max_w]
         batched = first.new_full(batch_shape, pad_value)

@@ -10,12 +10,12 @@ Differences from Detectron2, all forced by segtron running without network or CO
 * ``get_model_no_weights`` takes YAML model-zoo configs only (no LazyConfig ``.py``).
 * ``has_dynamic_axes`` checks that every axis is symbolic; Detectron2's version also accepts
   static axes (it only rejects numeric ``dim_param`` strings).
-
-The ONNX symbolic registration helpers are not here (ONNX export: issue 19).
+* ``register_custom_op_onnx_export`` logs its success instead of printing it.
 """
 
 import functools
 import io
+import logging
 import os
 import re
 import unittest
@@ -37,7 +37,11 @@ __all__ = [
     "skipIfOnCPUCI",
     "skipIfUnsupportedMinOpsetVersion",
     "skipIfUnsupportedMinTorchVersion",
+    "register_custom_op_onnx_export",
+    "unregister_custom_op_onnx_export",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The sample image: COCO's 000000000009.jpg is 480x640; ours is drawn at the same size.
 _SAMPLE_HEIGHT, _SAMPLE_WIDTH = 480, 640
@@ -302,3 +306,37 @@ def skipIfUnsupportedMinTorchVersion(min_version: str) -> Callable:
     """Decorator skipping a test when torch is older than ``min_version``; returns it."""
     reason = f"torch is {torch.__version__}, the test needs at least {min_version}"
     return unittest.skipIf(not min_torch_version(min_version), reason)
+
+
+def register_custom_op_onnx_export(opname: str, symbolic_fn: Callable, opset_version: int,
+                                   min_version: str) -> None:
+    """Register ``symbolic_fn`` as the ONNX symbolic of ``opname`` at ``opset_version``, for
+    the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``).
+
+    As in Detectron2 this backfills a symbolic that newer torch releases have: it registers
+    only when the installed torch is older than ``min_version`` and does nothing otherwise.
+    Undo it with :func:`unregister_custom_op_onnx_export` (same arguments but the function)
+    when the caller is done: the registration is global.
+
+    Args:
+        opname: ``"<domain>::<op>"``, e.g. ``"aten::cummax"`` or ``"::cummax"`` (aten).
+        symbolic_fn: ``fn(g, *inputs, **attrs)`` building the ONNX nodes with ``g.op(...)``.
+        opset_version: the opset the symbolic is for.
+        min_version: the first torch version that no longer needs it, e.g. ``"1.13"``.
+    """
+    if min_torch_version(min_version):
+        return
+    from torch.onnx import register_custom_op_symbolic
+
+    register_custom_op_symbolic(opname, symbolic_fn, opset_version)
+    logger.info("register_custom_op_onnx_export(%s, %s) succeeded.", opname, opset_version)
+
+
+def unregister_custom_op_onnx_export(opname: str, opset_version: int, min_version: str) -> None:
+    """Undo :func:`register_custom_op_onnx_export` (a no-op when torch is at least
+    ``min_version``, where nothing was registered)."""
+    if min_torch_version(min_version):
+        return
+    from torch.onnx import unregister_custom_op_symbolic
+
+    unregister_custom_op_symbolic(opname, opset_version)

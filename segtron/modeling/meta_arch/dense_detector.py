@@ -91,7 +91,8 @@ def _rows_holding_top_scores(scores: torch.Tensor, k: int) -> Optional[torch.Ten
     k, ties included) instead of every entry makes decoding ~10x faster.
     """
     num_rows, num_cols = scores.shape
-    if num_rows <= k or num_cols == 1:
+    # Traced graphs search every row: the narrowing's branch and row count would be frozen.
+    if torch.jit.is_tracing() or num_rows <= k or num_cols == 1:
         return None
     row_max = scores.amax(dim=1)
     kth = row_max.topk(k, sorted=False).values.min()
@@ -368,7 +369,12 @@ class DenseDetector(nn.Module):
         flat_scores = pred_scores.reshape(-1)
         kept = torch.nonzero(flat_scores > score_thresh).squeeze(1)
         scores = flat_scores[kept]
-        scores, order = scores.topk(min(topk_candidates, scores.numel()))
+        if torch.jit.is_tracing():
+            # Traced: k follows the (dynamic) number of candidates above the threshold.
+            num_topk = torch.clamp(torch.as_tensor(scores.shape[0]), max=topk_candidates)
+        else:
+            num_topk = min(topk_candidates, scores.numel())
+        scores, order = scores.topk(num_topk)
         kept = kept[order]
         anchor_idxs = torch.div(kept, num_classes, rounding_mode="floor")
         classes = kept - anchor_idxs * num_classes

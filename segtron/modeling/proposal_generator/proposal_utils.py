@@ -71,7 +71,11 @@ def select_top_per_level(
                 f"logits {tuple(logits_i.shape)} for {num_images} image sizes; the first two "
                 "dims must agree and equal (num_images, Ai)."
             )
-        num_keep = min(int(pre_nms_topk), logits_i.shape[1])
+        if torch.jit.is_tracing():
+            # Traced: the candidate count follows the (traced) number of anchors of the level.
+            num_keep = torch.clamp(torch.as_tensor(logits_i.shape[1]), max=int(pre_nms_topk))
+        else:
+            num_keep = min(int(pre_nms_topk), logits_i.shape[1])
         sorted_logits, order = logits_i.sort(descending=True, dim=1)
         top_logits = sorted_logits[:, :num_keep]
         top_idx = order[:, :num_keep]
@@ -132,7 +136,8 @@ def find_top_rpn_proposals(
         levels = all_levels
 
         finite = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
-        if not bool(finite.all()):
+        # Traced graphs always filter: a branch taken on the tracing input would be frozen.
+        if torch.jit.is_tracing() or not bool(finite.all()):
             if training:
                 raise FloatingPointError(
                     "Predicted boxes or scores contain Inf/NaN. Training has diverged."
@@ -141,7 +146,7 @@ def find_top_rpn_proposals(
         boxes.clip(image_size)
 
         big_enough = boxes.nonempty(threshold=min_box_size)
-        if not bool(big_enough.all()):
+        if torch.jit.is_tracing() or not bool(big_enough.all()):
             boxes, scores, levels = boxes[big_enough], scores[big_enough], levels[big_enough]
 
         keep = batched_nms(boxes.tensor, scores, levels, nms_thresh)

@@ -135,7 +135,10 @@ class FastRCNNConvFCHead(nn.Sequential):
 
 
 def _nhwc_inference(x: torch.Tensor) -> bool:
-    return not torch.is_grad_enabled() and x.device.type == "cpu" and is_channels_last(x)
+    # Not while tracing: the kernel's shape would come from traced sizes, which the ONNX
+    # export of a convolution cannot take; the traced graph uses the plain flatten + fc1.
+    return (not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and x.device.type == "cpu" and is_channels_last(x))
 
 
 def build_box_head(cfg, input_shape: ShapeSpec) -> nn.Module:

@@ -83,7 +83,8 @@ def fast_rcnn_inference_single_image(
         (Instances, (D,) region indices); see :func:`fast_rcnn_inference`.
     """
     finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if not bool(finite.all()):
+    # Traced graphs always filter: a branch taken on the tracing input would be frozen.
+    if torch.jit.is_tracing() or not bool(finite.all()):
         boxes = boxes[finite]
         scores = scores[finite]
 

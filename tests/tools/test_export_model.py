@@ -1,0 +1,149 @@
+"""``tools/deploy/export_model.py`` end to end on a tiny quickstart model trained for a few
+iterations: the ONNX file it writes gives DefaultPredictor's detections in onnxruntime, and
+``--run-eval`` gives the AP of train_net's evaluation of the eager model."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+import torch
+
+from segtron.data.datasets.shapes import prepare_shapes_split
+from segtron.engine import DefaultPredictor
+from segtron.export.onnx_export import ExportedModel, ONNXRuntimeModel
+from tests.conftest import REPO_ROOT
+from tests.export.ts_models import assert_same_instances
+
+TOOL = os.path.join(REPO_ROOT, "tools", "deploy", "export_model.py")
+DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "Shapes", "mask_rcnn_R_18_FPN_demo.yaml")
+# The quickstart config, narrower and at 128 px, every detection kept (a model trained for a
+# few iterations scores low), a few iterations of training.
+SMALL = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+    "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160", "MODEL.DEVICE", "cpu",
+]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("export_model_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(datasets root, weights path): small shapes splits (SEGTRON_DATASETS points at them
+    for the module's tests) and a model trained on them for a few iterations by
+    train_net.py."""
+    root = tmp_path_factory.mktemp("datasets")
+    prepare_shapes_split(str(root / "shapes"), "train", 8, 0, image_size=128, num_workers=1)
+    prepare_shapes_split(str(root / "shapes"), "val", 4, 1, image_size=128, num_workers=1)
+    out = tmp_path_factory.mktemp("train")
+    env = dict(os.environ, SEGTRON_DATASETS=str(root), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", DEMO_CONFIG,
+         *SMALL, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "8", "SOLVER.WARMUP_ITERS", "2",
+         "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
+        cwd=str(out), env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGTRON_DATASETS", str(root))
+        yield root, out / "model_final.pth"
+
+
+@pytest.fixture(scope="module")
+def eager_results(trained, tmp_path_factory):
+    """train_net's evaluation (Trainer.test, as --eval-only) of the eager trained model."""
+    import train_net
+    from segtron.checkpoint import DetectionCheckpointer
+    from segtron.modeling import build_model
+
+    cfg = _cfg(_load_tool(), trained[1])
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(trained[1]))
+    output = str(tmp_path_factory.mktemp("eager"))
+    results = train_net.Trainer.test(
+        cfg, model, [train_net.Trainer.build_evaluator(cfg, "shapes_val", output)])
+    assert results["bbox"]["AP50"] > 0, "the comparison needs some true detections"
+    return results
+
+
+def _assert_same_metrics(results, eager):
+    for task in ("bbox", "segm"):
+        assert sorted(results[task]) == sorted(eager[task])
+        for key, value in eager[task].items():  # AP, AP50, ..., per class, operating point
+            assert results[task][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+def _cfg(tool, weights):
+    args = tool.parse_args(["--output", "unused", "--config-file", DEMO_CONFIG, *SMALL,
+                            "MODEL.WEIGHTS", str(weights)])
+    return tool.setup_cfg(args)
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_predictor_and_eval(trained, eager_results, tmp_path,
+                                                restore_logging):
+    root, weights = trained
+    tool = _load_tool()
+    image_path = str(root / "shapes" / "val" / "000002.png")
+    out = tmp_path / "export"
+    results = tool.main(["--format", "onnx", "--export-method", "tracing", "--config-file",
+                         DEMO_CONFIG, "--sample-image", image_path, "--run-eval", "--output",
+                         str(out), *SMALL, "MODEL.WEIGHTS", str(weights)])
+    onnx_path = out / "model.onnx"
+    assert onnx_path.is_file()
+
+    # onnxruntime on the sample image, postprocessed in Python, equals DefaultPredictor.
+    cfg = _cfg(tool, weights)
+    expected = DefaultPredictor(cfg)(cv2.imread(image_path))["instances"]
+    inputs = tool.get_sample_inputs(cfg, image_path)
+    actual = ExportedModel(ONNXRuntimeModel(str(onnx_path)))(inputs)[0]["instances"]
+    assert actual.image_size == expected.image_size == (inputs[0]["height"],
+                                                       inputs[0]["width"])
+    assert_same_instances(expected, actual)
+
+    # --run-eval: the metrics of train_net's evaluation of the eager model.
+    _assert_same_metrics(results, eager_results)
+
+
+@pytest.mark.slow
+def test_torchscript_export_runs_eval_like_the_model(trained, eager_results, tmp_path,
+                                                     restore_logging):
+    _, weights = trained
+    tool = _load_tool()
+    out = tmp_path / "export"
+    # No --sample-image: traced on the first image of DATASETS.TEST[0] (uint8 from the loader).
+    results = tool.main(["--format", "torchscript", "--config-file", DEMO_CONFIG, "--run-eval",
+                         "--output", str(out), *SMALL, "MODEL.WEIGHTS", str(weights)])
+    assert isinstance(torch.jit.load(str(out / "model.ts")), torch.jit.ScriptModule)
+    _assert_same_metrics(results, eager_results)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--format", "caffe2"], "no Caffe2 export"),
+    (["--export-method", "caffe2_tracing"], "no Caffe2 export"),
+    (["--format", "onnx", "--export-method", "scripting"], "needs --export-method tracing"),
+    (["--export-method", "scripting", "--run-eval"], "not supported with --export-method"),
+])
+def test_unsupported_combinations_fail_before_building(flags, message, tmp_path):
+    tool = _load_tool()
+    with pytest.raises(ValueError, match=message):
+        tool.main([*flags, "--output", str(tmp_path), "--config-file", "does-not-exist.yaml"])
+
+
+def test_help_says_what_stays_outside_the_graph():
+    result = subprocess.run([sys.executable, TOOL, "--help"], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for text in ("--format", "--export-method", "--sample-image", "--run-eval", "--output",
+                 "do_postprocess=False", "detector_postprocess"):
+        assert text in result.stdout, text
