@@ -147,3 +147,17 @@ def test_help_says_what_stays_outside_the_graph():
     for text in ("--format", "--export-method", "--sample-image", "--run-eval", "--output",
                  "do_postprocess=False", "detector_postprocess"):
         assert text in result.stdout, text
+
+
+def test_scripting_a_whole_detector_fails_saying_what_and_what_to_do(tmp_path, restore_logging):
+    """Whole R-CNNs do not script yet (segtron's Boxes is not a TorchScript class): the tool
+    stops with the scripting error itself and points to tracing, writing no file."""
+    tool = _load_tool()
+    with pytest.raises(RuntimeError) as info:
+        tool.main(["--format", "torchscript", "--export-method", "scripting", "--config-file",
+                   DEMO_CONFIG, "--output", str(tmp_path), *SMALL, "MODEL.WEIGHTS", ""])
+    message = str(info.value)
+    assert "GeneralizedRCNN could not be scripted" in message
+    assert "Boxes" in message  # the field type the scripting compiler rejected
+    assert "--export-method tracing" in message
+    assert not (tmp_path / "model.ts").exists()

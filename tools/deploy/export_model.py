@@ -186,8 +186,8 @@ def export_scripting(model, args) -> None:
     except Exception as error:
         raise RuntimeError(
             f"--export-method scripting: {type(model).__name__} could not be scripted: "
-            f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
-            " -- export it with --export-method tracing."
+            f"{type(error).__name__}: {str(error).strip()}\n"
+            "Export it with --export-method tracing instead."
         ) from error
     path = os.path.join(args.output, "model.ts")
     with PathManager.open(path, "wb") as f:
