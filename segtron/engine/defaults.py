@@ -16,7 +16,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -85,24 +85,58 @@ def _set_float32_precision(precision: str) -> None:
                 "allowed" if allow_tf32 else "disabled")
 
 
-def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace]) -> None:
+def _try_get_key(cfg: Any, *keys: str, default: Any = None) -> Any:
+    """The value of the first of ``keys`` (dotted paths, e.g. "SEED" or "train.seed") that
+    ``cfg`` has, else ``default``: how ``default_setup`` reads a YAML config (``CfgNode``) and a
+    LazyConfig (omegaconf ``DictConfig``) alike."""
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            return node
+    return default
+
+
+def _save_config(cfg: Any, path: str) -> None:
+    """Write ``cfg`` to ``path``: ``CfgNode.dump()`` for a YAML config, ``LazyConfig.save``
+    (YAML that ``LazyConfig.load`` reads back) for a LazyConfig."""
+    if isinstance(cfg, CfgNode):
+        with PathManager.open(path, "w") as f:
+            f.write(cfg.dump())
+    else:
+        from segtron.config import LazyConfig
+
+        LazyConfig.save(cfg, path)
+
+
+def default_setup(cfg: Any, args: Optional[argparse.Namespace]) -> None:
     """Prepare a process for training or evaluation from ``cfg`` and the parsed ``args``.
 
-    1. Create ``cfg.OUTPUT_DIR`` (main process).
+    ``cfg`` is a YAML config (``CfgNode``: OUTPUT_DIR, SEED, CUDNN_BENCHMARK,
+    FLOAT32_PRECISION) or a LazyConfig (omegaconf ``DictConfig``: ``train.output_dir``,
+    ``train.seed``, ``train.cudnn_benchmark``, ``train.float32_precision``; each optional, as
+    in Detectron2, defaulting to no output directory, a random seed, False and "").
+
+    1. Create the output directory (main process).
     2. Set up the ``segtron``, ``fvcore`` and ``projects`` loggers: console on rank 0,
-       ``log.txt`` (rank 0) or ``log.txt.rank<r>`` in OUTPUT_DIR.
+       ``log.txt`` (rank 0) or ``log.txt.rank<r>`` in the output directory.
     3. Log the rank and world size, the environment (``collect_env_info``), the command-line
        arguments and the contents of the config file.
-    4. Write the full config to ``<OUTPUT_DIR>/config.yaml`` (main process).
-    5. Seed every RNG with ``cfg.SEED + rank`` (a random seed when SEED < 0).
-    6. Set ``torch.backends.cudnn.benchmark`` from CUDNN_BENCHMARK (not for ``--eval-only``)
-       and the float32 matmul precision from FLOAT32_PRECISION (when not empty).
+    4. Write the full config to ``<output dir>/config.yaml`` (main process; a LazyConfig with
+       ``LazyConfig.save``).
+    5. Seed every RNG with ``seed + rank`` (a random seed when the seed is < 0).
+    6. Set ``torch.backends.cudnn.benchmark`` from the cudnn-benchmark key (not for
+       ``--eval-only``) and the float32 matmul precision from the float32-precision key (when
+       not empty).
 
     Args:
         cfg: the full config (may be frozen).
         args: the namespace from ``default_argument_parser().parse_args()``, or None.
     """
-    output_dir = cfg.OUTPUT_DIR
+    output_dir = _try_get_key(cfg, "OUTPUT_DIR", "output_dir", "train.output_dir", default="")
     if comm.is_main_process() and output_dir:
         PathManager.mkdirs(output_dir)
 
@@ -122,17 +156,19 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace]) -> None:
 
     if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
-        with PathManager.open(path, "w") as f:
-            f.write(cfg.dump())
+        _save_config(cfg, path)
         log.info("Full config saved to %s", path)
 
-    seed = cfg.SEED
-    seed_all_rng(None if seed < 0 else seed + rank)
+    seed = _try_get_key(cfg, "SEED", "train.seed", default=-1)
+    seed_all_rng(None if seed is None or seed < 0 else seed + rank)
 
     if not getattr(args, "eval_only", False):
-        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
-    if cfg.FLOAT32_PRECISION:
-        _set_float32_precision(cfg.FLOAT32_PRECISION)
+        torch.backends.cudnn.benchmark = bool(
+            _try_get_key(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", default=False)
+        )
+    precision = _try_get_key(cfg, "FLOAT32_PRECISION", "train.float32_precision", default="")
+    if precision:
+        _set_float32_precision(precision)
 
 
 def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[Any]:
