@@ -10,10 +10,13 @@ segtron runs three ways: by default (Detectron2's exact operations), with MODEL.
 (NHWC convolutions, frozen BN folded), and with that plus MODEL.WINOGRAD_CONV (NNPACK Winograd
 / GEMM convolutions in the FPN, RPN and mask head).
 Reports the median of several interleaved runs and segtron's time as a ratio of torchvision's.
+On a GPU (``--device cuda``, optionally ``--amp`` for fp16 autocast) every run is timed between
+two CUDA synchronisations, and the Winograd row is left out (CPU-only kernels).
 
 Run from the repository root::
 
     python benchmarks/inference.py [--threads 2] [--repeats 5]
+    python benchmarks/inference.py --device cuda --amp --repeats 20
 """
 
 import argparse
@@ -24,6 +27,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.device_options import (  # noqa: E402
+    add_device_arguments,
+    autocast,
+    resolve_device,
+    synchronizer,
+)
 from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
 from benchmarks.torchvision_peer import (  # noqa: E402
     build_pair,
@@ -39,32 +48,43 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, nargs=2, default=(HEIGHT, WIDTH),
+                        metavar=("H", "W"), help="image size (both models keep it)")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
+    device = resolve_device(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    height, width = args.size
 
-    tv_input, st_input = random_image_inputs(HEIGHT, WIDTH)
-    torchvision_model, segtron_model = build_pair(frozen_bn=True)
-    torchvision_model.eval()
-    segtron_model.eval()
+    tv_input, st_input = random_image_inputs(height, width)
+    tv_input = [image.to(device) for image in tv_input]
+    st_input = [{**x, "image": x["image"].to(device)} for x in st_input]
+    torchvision_model, segtron_model = build_pair(frozen_bn=True, min_size=min(height, width),
+                                                  max_size=max(height, width, 1333))
+    torchvision_model.to(device).eval()
+    segtron_model.to(device).eval()
 
     counts = {}
 
     def run_torchvision():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, args.amp):
             out = torchvision_model(tv_input)[0]
         counts["torchvision"] = (len(out["boxes"]), tuple(out["masks"].shape[-2:]))
 
     def run_segtron(name):
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, args.amp):
             out = segtron_model(st_input)[0]["instances"]
         counts[name] = (len(out), tuple(out.pred_masks.shape[-2:]))
 
     times = time_interleaved(
-        {"torchvision": run_torchvision, **segtron_candidates(segtron_model, run_segtron)},
-        repeats=args.repeats,
+        {"torchvision": run_torchvision,
+         **segtron_candidates(segtron_model, run_segtron, device)},
+        repeats=args.repeats, synchronize=synchronizer(device),
     )
-    print(f"Mask R-CNN R50-FPN inference, {HEIGHT}x{WIDTH}, batch 1 ({machine_line()})")
+    precision = "fp16 autocast" if args.amp else "float32"
+    print(f"Mask R-CNN R50-FPN inference, {height}x{width}, batch 1, {precision} "
+          f"({machine_line(device)})")
     print(f"detections and mask size: {counts}")
     print(ratio_table(times, reference="torchvision", target=TARGET_RATIO))
 

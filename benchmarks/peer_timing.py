@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from tabulate import tabulate
@@ -18,14 +18,18 @@ __all__ = ["time_interleaved", "ratio_table", "machine_line"]
 
 
 def time_interleaved(candidates: Dict[str, Callable[[], object]], repeats: int = 5,
-                     warmup: int = 1) -> Dict[str, List[float]]:
+                     warmup: int = 1,
+                     synchronize: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
     """Call each candidate ``warmup`` times, then ``repeats`` times interleaved.
 
     Args:
         candidates: name -> zero-argument callable doing one unit of work.
+        synchronize: called before each run's clock starts and before it stops (e.g.
+            ``torch.cuda.synchronize``: without it, a CUDA run would time only its launches).
     Returns:
         name -> list of ``repeats`` wall-clock durations in seconds.
     """
+    wait = synchronize or (lambda: None)
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -33,8 +37,10 @@ def time_interleaved(candidates: Dict[str, Callable[[], object]], repeats: int =
     for _ in range(repeats):
         for name, fn in candidates.items():
             gc.collect()
+            wait()
             start = time.perf_counter()
             fn()
+            wait()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -63,8 +69,12 @@ def ratio_table(times: Dict[str, List[float]], reference: str, target: float = N
     return table
 
 
-def machine_line() -> str:
-    """One line describing the run: CPU, threads, torch version, load."""
+def machine_line(device: Optional[torch.device] = None) -> str:
+    """One line describing the run: CPU, threads, torch version, load, and the GPU's name
+    when ``device`` is a CUDA device."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    line = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, load average {load:.1f}")
+    if device is not None and device.type == "cuda":
+        line = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}; " + line
+    return line

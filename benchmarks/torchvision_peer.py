@@ -335,10 +335,11 @@ def random_image_inputs(height: int, width: int, seed: int = 0):
 # -- timing ----------------------------------------------------------------------------------
 
 
-def segtron_candidates(model, run_once):
+def segtron_candidates(model, run_once, device: Optional[torch.device] = None):
     """One timing candidate per entry of ``SEGTRON_MODES``: each sets ``model``'s
     ``channels_last`` and ``winograd_conv`` (the two keys' runtime switches) and then calls
-    ``run_once(name)``. Returns {name: zero-argument callable}."""
+    ``run_once(name)``. On a CUDA ``device`` the Winograd row is left out (NNPACK's kernels are
+    CPU-only). Returns {name: zero-argument callable}."""
 
     def candidate(name, channels_last, winograd_conv):
         def run():
@@ -347,4 +348,6 @@ def segtron_candidates(model, run_once):
             return run_once(name)
         return run
 
-    return {name: candidate(name, *flags) for name, flags in SEGTRON_MODES.items()}
+    on_gpu = device is not None and device.type == "cuda"
+    return {name: candidate(name, *flags) for name, flags in SEGTRON_MODES.items()
+            if not (on_gpu and flags[1])}

@@ -8,9 +8,15 @@ copied into segtron, see ``torchvision_peer.py``). Each library keeps its own tr
 plus MODEL.WINOGRAD_CONV. Reports the median of several interleaved steps and segtron's time as
 a ratio of torchvision's.
 
+On a GPU (``--device cuda``) the default batch is Detectron2's per-GPU setting of its
+mask_rcnn_R_50_FPN_1x training on 8 GPUs scaled to one: 8 images of 800x1067 (``--batch`` and
+``--size`` change it); every step is timed between two CUDA synchronisations, ``--amp`` runs
+fp16 autocast with a GradScaler (as Detectron2's AMPTrainer), and the Winograd row is left out.
+
 Run from the repository root::
 
     python benchmarks/train_step.py [--threads 2] [--repeats 5]
+    python benchmarks/train_step.py --device cuda --amp --repeats 20
 """
 
 import argparse
@@ -22,6 +28,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.device_options import (  # noqa: E402
+    add_device_arguments,
+    autocast,
+    grad_scaler,
+    resolve_device,
+    synchronizer,
+)
 from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
 from benchmarks.torchvision_peer import NUM_CLASSES, build_pair, segtron_candidates  # noqa: E402
 from segtron.structures import BitMasks, Boxes, Instances  # noqa: E402
@@ -29,18 +42,20 @@ from segtron.utils.events import EventStorage  # noqa: E402
 
 TARGET_RATIO = 0.7
 HEIGHT, WIDTH, BATCH, BOXES = 512, 683, 2, 5
+# Detectron2's GPU setting: 16 images per iteration on 8 GPUs at 800 x ~1067 -> 8 on one GPU.
+GPU_HEIGHT, GPU_WIDTH, GPU_BATCH = 800, 1067, 8
 
 
-def make_batch(rng):
+def make_batch(rng, batch_size=BATCH, height=HEIGHT, width=WIDTH):
     """Images (uint8 RGB CHW), boxes (XYXY), classes (0-based) and full-image masks."""
     batch = []
-    for _ in range(BATCH):
-        image = torch.from_numpy(rng.integers(0, 256, (3, HEIGHT, WIDTH), dtype=np.uint8))
-        x0 = rng.uniform(0, WIDTH - 120, BOXES)
-        y0 = rng.uniform(0, HEIGHT - 120, BOXES)
+    for _ in range(batch_size):
+        image = torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8))
+        x0 = rng.uniform(0, width - 120, BOXES)
+        y0 = rng.uniform(0, height - 120, BOXES)
         w, h = rng.uniform(30, 110, BOXES), rng.uniform(30, 110, BOXES)
         boxes = torch.tensor(np.stack([x0, y0, x0 + w, y0 + h], 1), dtype=torch.float32)
-        masks = torch.zeros(BOXES, HEIGHT, WIDTH, dtype=torch.bool)
+        masks = torch.zeros(BOXES, height, width, dtype=torch.bool)
         for i, (a, b, c, d) in enumerate(boxes.round().int().tolist()):
             masks[i, b:d, a:c] = True
         classes = torch.from_numpy(rng.integers(0, NUM_CLASSES, BOXES))
@@ -52,49 +67,72 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"images per step (default {BATCH} on CPU, {GPU_BATCH} on CUDA)")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help=f"image size (default {HEIGHT}x{WIDTH} on CPU, "
+                             f"{GPU_HEIGHT}x{GPU_WIDTH} on CUDA)")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
+    device = resolve_device(args)
     torch.set_num_threads(args.threads)
+    on_gpu = device.type == "cuda"
+    batch_size = args.batch or (GPU_BATCH if on_gpu else BATCH)
+    height, width = args.size or ((GPU_HEIGHT, GPU_WIDTH) if on_gpu else (HEIGHT, WIDTH))
 
-    batch = make_batch(np.random.default_rng(0))
-    tv_images = [image.float() / 255 for image, *_ in batch]
-    tv_targets = [{"boxes": boxes, "labels": classes + 1, "masks": masks.to(torch.uint8)}
+    batch = make_batch(np.random.default_rng(0), batch_size, height, width)
+    tv_images = [(image.float() / 255).to(device) for image, *_ in batch]
+    tv_targets = [{"boxes": boxes.to(device), "labels": (classes + 1).to(device),
+                   "masks": masks.to(torch.uint8).to(device)}
                   for _, boxes, classes, masks in batch]
     st_inputs = []
     for image, boxes, classes, masks in batch:
-        instances = Instances((HEIGHT, WIDTH), gt_boxes=Boxes(boxes), gt_classes=classes,
+        instances = Instances((height, width), gt_boxes=Boxes(boxes), gt_classes=classes,
                               gt_masks=BitMasks(masks))
-        st_inputs.append({"image": image, "instances": instances})
+        st_inputs.append({"image": image.to(device), "instances": instances.to(device)})
 
-    torchvision_model, segtron_model = build_pair(frozen_bn=False, min_size=HEIGHT)
-    torchvision_model.train()
-    segtron_model.train()
+    torchvision_model, segtron_model = build_pair(frozen_bn=False, min_size=min(height, width),
+                                                  max_size=max(height, width, 1333))
+    torchvision_model.to(device).train()
+    segtron_model.to(device).train()
     tv_optimizer = torch.optim.SGD(torchvision_model.parameters(), lr=1e-3, momentum=0.9)
     st_optimizer = torch.optim.SGD(segtron_model.parameters(), lr=1e-3, momentum=0.9)
+    scalers = {"torchvision": grad_scaler(device, args.amp)}
     losses_seen = {}
 
-    def run_torchvision():
-        losses = torchvision_model(tv_images, tv_targets)
+    def step(name, optimizer, compute_losses):
+        """Forward (autocast when --amp), backward (scaled when --amp), SGD update."""
+        with autocast(device, args.amp):
+            losses = compute_losses()
         total = sum(losses.values())
-        tv_optimizer.zero_grad()
-        total.backward()
-        tv_optimizer.step()
-        losses_seen["torchvision"] = sorted(losses)
-
-    def run_segtron(name):
-        with EventStorage():
-            losses = segtron_model(st_inputs)
-        total = sum(losses.values())
-        st_optimizer.zero_grad()
-        total.backward()
-        st_optimizer.step()
+        optimizer.zero_grad()
+        scaler = scalers.setdefault(name, grad_scaler(device, args.amp))
+        if scaler is None:
+            total.backward()
+            optimizer.step()
+        else:
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
         losses_seen[name] = sorted(losses)
 
+    def run_torchvision():
+        step("torchvision", tv_optimizer, lambda: torchvision_model(tv_images, tv_targets))
+
+    def run_segtron(name):
+        def compute_losses():
+            with EventStorage():
+                return segtron_model(st_inputs)
+        step(name, st_optimizer, compute_losses)
+
     times = time_interleaved(
-        {"torchvision": run_torchvision, **segtron_candidates(segtron_model, run_segtron)},
-        repeats=args.repeats,
+        {"torchvision": run_torchvision,
+         **segtron_candidates(segtron_model, run_segtron, device)},
+        repeats=args.repeats, synchronize=synchronizer(device),
     )
-    print(f"Mask R-CNN R50-FPN training step, batch {BATCH} x {HEIGHT}x{WIDTH}, {BOXES} boxes "
-          f"per image, BatchNorm ({machine_line()})")
+    precision = "fp16 autocast + GradScaler" if args.amp else "float32"
+    print(f"Mask R-CNN R50-FPN training step, batch {batch_size} x {height}x{width}, {BOXES} "
+          f"boxes per image, BatchNorm, {precision} ({machine_line(device)})")
     print(f"losses: {losses_seen}")
     print(ratio_table(times, reference="torchvision", target=TARGET_RATIO))
 
