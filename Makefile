@@ -47,13 +47,17 @@ DEMO_ARGS ?=
 demo: env
 	@$(MAKE) --no-print-directory demo-run
 
+# On a machine with a CUDA GPU the demo trains there with AMP (tools/demo_device.py prints the
+# overrides; nothing on a CPU-only machine). Expanded only when demo-run runs.
+DEMO_DEVICE_ARGS = $(shell $(RUN) tools/demo_device.py)
+
 # The pictures show the run's first test dataset, read from the config the run saved.
 FIRST_TEST_DATASET := 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["DATASETS"]["TEST"][0])'
 
 # The demo's steps alone, in an existing environment (tests run it with a few iterations).
 demo-run:
 	@echo "[segtron] training $(DEMO_CONFIG) into $(DEMO_DIR) (8-10 minutes on 2 CPU cores)"
-	$(RUN) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR) $(DEMO_ARGS)
+	$(RUN) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR) $(DEMO_DEVICE_ARGS) $(DEMO_ARGS)
 	$(RUN) tools/compare_runs.py $(DEMO_DIR) --plot $(DEMO_DIR)/curves.png
 	$(RUN) tools/visualize_json_results.py --dataset "$$($(RUN) -c $(FIRST_TEST_DATASET) $(DEMO_DIR)/config.yaml)" \
 	  --conf-threshold 0.5 --input $(DEMO_DIR)/inference/coco_instances_results.json \
