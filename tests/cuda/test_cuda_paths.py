@@ -1,0 +1,126 @@
+"""What only a CUDA machine can check: structures moving to the GPU and back, an AMP training
+step (fp16 autocast + GradScaler), a model on the GPU agreeing with the same weights on the CPU,
+a one-process NCCL group, and a training loader with pinned memory.
+
+Every test here needs a CUDA device and is skipped elsewhere, saying so; CI has no GPU, so these
+run when a session has a GPU machine lent (see the README's GPU notes).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from segtron.config import get_cfg
+from segtron.engine.train_loop import AMPTrainer
+from segtron.modeling import build_model
+from segtron.structures import BitMasks, Boxes, ImageList, Instances
+from segtron.utils.events import EventStorage
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (none visible to torch here)")
+
+TINY = REPO_ROOT / "configs" / "Shapes" / "tiny_mask_rcnn_R_50_FPN.yaml"
+
+
+def _tiny_cfg(device):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(TINY))
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # no batch statistics: CPU and GPU see one function
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    return cfg
+
+
+def _batch(num_images=2, size=(96, 128), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(num_images):
+        image = torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8)
+        boxes = torch.tensor([[10.0, 12.0, 50.0, 60.0], [40.0, 30.0, 100.0, 90.0]])
+        masks = torch.zeros(2, *size, dtype=torch.bool)
+        masks[0, 12:60, 10:50] = True
+        masks[1, 30:90, 40:100] = True
+        instances = Instances(size, gt_boxes=Boxes(boxes), gt_classes=torch.tensor([1, 3]),
+                              gt_masks=BitMasks(masks))
+        batch.append({"image": image, "instances": instances, "height": size[0],
+                      "width": size[1]})
+    return batch
+
+
+def test_structures_move_to_the_gpu_and_back():
+    boxes = Boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    instances = Instances((8, 8), pred_boxes=boxes, scores=torch.tensor([0.5]),
+                          pred_masks=BitMasks(torch.ones(1, 8, 8, dtype=torch.bool)))
+    on_gpu = instances.to("cuda")
+    assert on_gpu.pred_boxes.tensor.is_cuda and on_gpu.scores.is_cuda
+    assert on_gpu.pred_masks.tensor.is_cuda
+    back = on_gpu.to("cpu")
+    assert torch.equal(back.pred_boxes.tensor, boxes.tensor)
+    images = ImageList.from_tensors([torch.ones(3, 5, 7, device="cuda")], size_divisibility=4)
+    assert images.tensor.is_cuda and tuple(images.tensor.shape) == (1, 3, 8, 8)
+
+
+def test_amp_training_step_on_the_gpu():
+    """AMPTrainer: fp16 autocast with a GradScaler; losses finite, trainable weights move."""
+    cfg = _tiny_cfg("cuda")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    data = iter(lambda: _batch(), None)  # the same batch forever
+    trainer = AMPTrainer(model, data, optimizer)
+    assert trainer.grad_scaler.is_enabled()
+    with EventStorage(0) as storage:
+        trainer.iter = 0
+        trainer.storage = storage
+        trainer.run_step()
+        losses = {k: v.median(1) for k, v in storage.histories().items() if "loss" in k}
+    assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    moved = [n for n, p in model.named_parameters() if p.requires_grad
+             and not torch.equal(p.detach(), before[n])]
+    assert moved, "no weight changed after one AMP step"
+
+
+def test_gpu_inference_agrees_with_the_cpu():
+    """The same weights on the CPU and the GPU: the same top detections within float noise."""
+    torch.manual_seed(0)
+    cpu_model = build_model(_tiny_cfg("cpu")).eval()
+    gpu_model = copy.deepcopy(cpu_model).to("cuda")
+    inputs = [{k: v for k, v in x.items() if k != "instances"} for x in _batch(1)]
+    with torch.no_grad():
+        cpu = cpu_model(inputs)[0]["instances"]
+        gpu = gpu_model(inputs)[0]["instances"].to("cpu")
+    top = min(10, len(cpu), len(gpu))
+    assert top > 0
+    # Scores far apart from their neighbours keep their order across devices: compare those.
+    assert torch.allclose(cpu.scores[:top], gpu.scores[:top], atol=1e-3)
+    assert torch.allclose(cpu.pred_boxes.tensor[:top], gpu.pred_boxes.tensor[:top], atol=1e-1)
+
+
+def test_one_process_nccl_group():
+    import torch.distributed as dist
+
+    from segtron.utils import comm
+
+    store = dist.HashStore()
+    dist.init_process_group("nccl", store=store, rank=0, world_size=1)
+    try:
+        value = torch.ones(3, device="cuda")
+        dist.all_reduce(value)
+        assert value.tolist() == [1.0, 1.0, 1.0]
+        comm.synchronize()
+        assert comm.all_gather({"rank": comm.get_rank()}) == [{"rank": 0}]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_training_loader_with_pinned_memory():
+    from segtron.data import build_detection_train_loader
+
+    dicts = [{"image": torch.zeros(3, 8, 8), "image_id": i} for i in range(4)]
+    loader = build_detection_train_loader(dicts, mapper=None, total_batch_size=2,
+                                          aspect_ratio_grouping=False, pin_memory=True)
+    batch = next(iter(loader))
+    assert len(batch) == 2 and all(x["image"].is_pinned() for x in batch)
