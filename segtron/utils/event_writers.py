@@ -239,6 +239,17 @@ class TensorboardXWriter(EventWriter):
                 writer.add_histogram_raw(**params)
             storage.clear_histograms()
 
+    def discard_from(self, iteration: int) -> None:
+        """Make TensorBoard drop the events of ``iteration`` and later that earlier runs wrote
+        into ``log_dir`` (a resumed run writes those iterations again): the event file opened
+        next starts with a purge marker at ``iteration`` (``SummaryWriter(purge_step=...)``),
+        so the curves show each iteration once, from the newest run. Nothing is deleted."""
+        if self._writer is not None:
+            logger.warning("TensorboardXWriter.discard_from(%d) after the event file was opened: "
+                           "the earlier events stay visible.", iteration)
+            return
+        self._writer_args["purge_step"] = int(iteration)
+
     def close(self) -> None:
         """Flush and close the event file (if one was opened)."""
         if self._writer is not None:

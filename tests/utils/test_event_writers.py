@@ -176,3 +176,48 @@ def test_tensorboard_writer_writes_events(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("total_loss")] == [(2, 1.0)]
     assert acc.Tags()["images"] == ["vis"]
     assert acc.Tags()["histograms"] == ["weights"]
+
+
+def _tensorboard_run(log_dir, iterations, value_of, discard_from=None):
+    writer = TensorboardXWriter(str(log_dir), window_size=1)
+    if discard_from is not None:
+        writer.discard_from(discard_from)
+    with EventStorage(iterations[0]) as storage:
+        for it in iterations:
+            storage.iter = it
+            storage.put_scalar("total_loss", value_of(it))
+            writer.write()
+    writer.close()
+
+
+def test_tensorboard_writer_discard_from_hides_the_killed_runs_later_events(tmp_path):
+    """A run killed at iteration 9 after a checkpoint at 5, resumed from 5: TensorBoard shows
+    iterations 0-4 of the first run and 5-7 of the second, each once."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _tensorboard_run(tmp_path, list(range(10)), lambda it: 100.0 + it)
+    time.sleep(1.1)  # event file names carry the second they were opened in
+    _tensorboard_run(tmp_path, [5, 6, 7], lambda it: 200.0 + it, discard_from=5)
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("events.out")]) == 2
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("total_loss")] == (
+        [(it, 100.0 + it) for it in range(5)] + [(it, 200.0 + it) for it in (5, 6, 7)])
+
+
+def test_tensorboard_writer_without_discard_keeps_both_runs(tmp_path):
+    """The same two runs without discard_from: TensorBoard shows the old 5-9 as well (what
+    the purge above prevents)."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _tensorboard_run(tmp_path, list(range(10)), lambda it: 100.0 + it)
+    time.sleep(1.1)
+    _tensorboard_run(tmp_path, [5, 6, 7], lambda it: 200.0 + it)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("total_loss")]
+    assert steps.count(5) == 2 and 9 in steps
