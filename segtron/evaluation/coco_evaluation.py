@@ -383,7 +383,8 @@ class COCOEvaluator(DatasetEvaluator):
             )
             if coco_eval is not None and task in ("bbox", "segm"):
                 # After AP (whose keys and numbers stay Detectron2's): P/R/F1 at max F1.
-                self._results[task].update(report_operating_points(coco_eval, task, class_names))
+                self._results[task].update(report_operating_points(
+                    coco_eval, task, class_names, output_dir=self._output_dir))
 
     def _derive_coco_results(self, coco_eval, iou_type: str, class_names=None) -> Dict[str, float]:
         """Turn a summarized COCOeval into ``{metric: percent}`` plus per-category ``AP-<name>``.

@@ -200,7 +200,7 @@ class LVISEvaluator(DatasetEvaluator):
             self._results[task] = _evaluate_predictions_on_lvis(
                 self._lvis_api, lvis_results, task,
                 max_dets_per_image=self._max_dets_per_image,
-                class_names=self._class_names(),
+                class_names=self._class_names(), output_dir=self._output_dir,
             )
 
     def _class_names(self) -> List[str]:
@@ -222,14 +222,16 @@ class LVISEvaluator(DatasetEvaluator):
 
 def _evaluate_predictions_on_lvis(lvis_gt, lvis_results: List[Dict[str, Any]], iou_type: str,
                                   max_dets_per_image: Optional[int] = None,
-                                  class_names: Optional[Sequence[str]] = None
+                                  class_names: Optional[Sequence[str]] = None,
+                                  output_dir: Optional[str] = None,
                                   ) -> Dict[str, float]:
     """Score ``lvis_results`` (json category ids) for one task; ``{metric: percent}``.
 
     After the LVIS metrics come the operating point keys at max F1 (``operating_point``) with
     LVIS's federated matching at IoU 0.5, area "all": pooled over categories and, when
     ``class_names`` has one name per json category (in id order, more than one), per category.
-    LVIS reports no per-category AP. For "segm" the detections' mask areas decide the
+    LVIS reports no per-category AP; with LVIS's 1203 categories the per-category points go to
+    ``<output_dir>/operating_points_<task>.csv`` instead of the results. For "segm" the detections' mask areas decide the
     small/medium/large split. Without results every metric is NaN (with a warning) and no
     operating point is reported.
     """
@@ -247,6 +249,6 @@ def _evaluate_predictions_on_lvis(lvis_gt, lvis_results: List[Dict[str, Any]], i
     scores, is_tp, classes, num_gt = flat_detections(matches, OPERATING_POINT_IOU, "all")
     results.update(report_operating_points_from_detections(
         scores, is_tp, classes, num_gt, iou_type=iou_type, class_names=class_names,
-        matching="LVIS",
+        matching="LVIS", output_dir=output_dir,
     ))
     return results

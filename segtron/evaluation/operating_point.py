@@ -38,6 +38,11 @@ AP keys (not for keypoints, whose OKS matching has other ignore rules, nor when 
 predictions at all, where AP is NaN throughout) and logs them as two tables
 (``report_operating_points``).
 
+With more than ``MAX_CLASSES_IN_RESULTS`` (100) classes (LVIS has 1203), the per-class points
+are not added to the results, where 4 keys per class would swamp ``metrics.json`` and
+TensorBoard, nor logged as a table: they go to ``<output_dir>/operating_points_<task>.csv`` (one
+row per class) when the evaluator has an output directory, and the log names the file.
+
 Other evaluators report the same keys with their own matching in step 1, through
 ``report_operating_points_from_detections`` (per non-ignored detection: score, true positive or
 not, class; per class: the ground-truth count), which does steps 2 and 3:
@@ -51,8 +56,10 @@ not, class; per class: the ground-truth count), which does steps 2 and 3:
   nor false positives.
 """
 
+import csv
 import logging
 import math
+import os
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,6 +69,7 @@ from ..utils.logger import create_small_table
 from .coco_matching import CategoryMatches, match_detections
 
 __all__ = [
+    "MAX_CLASSES_IN_RESULTS",
     "OPERATING_POINT_IOU",
     "OperatingPoint",
     "best_f1_point",
@@ -76,6 +84,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OPERATING_POINT_IOU = 0.5
+# Per-class keys go into the results (and the log) up to this many classes; beyond, to a CSV.
+MAX_CLASSES_IN_RESULTS = 100
 _NAMES = ("P@F1max", "R@F1max", "F1max", "thresh@F1max")
 
 
@@ -256,7 +266,8 @@ def per_class_table(per_class: Mapping[str, OperatingPoint], groups_per_row: int
 
 
 def report_operating_points(
-    coco_eval, iou_type: str, class_names: Optional[Sequence[str]] = None
+    coco_eval, iou_type: str, class_names: Optional[Sequence[str]] = None,
+    output_dir: Optional[str] = None,
 ) -> Dict[str, float]:
     """Compute the operating points of a COCOeval, log them as tables and return them.
 
@@ -265,19 +276,32 @@ def report_operating_points(
         iou_type: "bbox" or "segm", for the log lines.
         class_names: names in category-id order; per-class points (and keys) only with more
             than one class, as for ``AP-<class>``.
+        output_dir: where the per-class CSV goes when there are too many classes for the
+            results (see ``report_operating_points_from_detections``).
 
     Returns:
         ``operating_point_results`` of the overall and per-class points.
     """
     matches = match_detections(coco_eval, OPERATING_POINT_IOU)
     return report_operating_points_from_detections(
-        *_flatten_coco_matches(matches), iou_type=iou_type, class_names=class_names
+        *_flatten_coco_matches(matches), iou_type=iou_type, class_names=class_names,
+        output_dir=output_dir,
     )
+
+
+def write_per_class_csv(per_class: Mapping[str, OperatingPoint], path: str) -> None:
+    """Write ``{class: OperatingPoint}`` as CSV rows ``category,P,R,F1,thresh`` to ``path``."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["category", "P", "R", "F1", "thresh"])
+        for name, point in per_class.items():
+            writer.writerow([name, *(f"{v:.4f}" for v in point)])
 
 
 def report_operating_points_from_detections(
     scores, is_tp, classes, num_gt: Sequence[int], iou_type: str,
     class_names: Optional[Sequence[str]] = None, matching: str = "COCO",
+    output_dir: Optional[str] = None,
 ) -> Dict[str, float]:
     """Compute the operating points of matched detections, log them as tables, return them.
 
@@ -287,9 +311,13 @@ def report_operating_points_from_detections(
         class_names: one name per class index; per-class points (and keys) only with more
             than one class and one name per class.
         matching: the matching rules used ("COCO", "VOC", "LVIS"), for the log lines.
+        output_dir: with more than ``MAX_CLASSES_IN_RESULTS`` classes the per-class points are
+            left out of the results and the log and written to
+            ``<output_dir>/operating_points_<iou_type>.csv`` instead (nowhere without it).
 
     Returns:
-        ``operating_point_results`` of the overall and per-class points.
+        ``operating_point_results`` of the overall and, up to ``MAX_CLASSES_IN_RESULTS``
+        classes, the per-class points.
     """
     names = class_names if class_names and len(class_names) > 1 else None
     overall, per_class, lowest = operating_points_from_detections(
@@ -310,6 +338,18 @@ def report_operating_points_from_detections(
         lowest,
         hint,
     )
+    if len(per_class) > MAX_CLASSES_IN_RESULTS:
+        where = "not kept (the evaluator has no output directory)"
+        if output_dir:
+            path = os.path.join(output_dir, f"operating_points_{iou_type}.csv")
+            os.makedirs(output_dir, exist_ok=True)
+            write_per_class_csv(per_class, path)
+            where = f"written to {path}"
+        logger.info(
+            "Per-category %s operating points of %d categories (more than %d, so not in the "
+            "results): %s.", iou_type, len(per_class), MAX_CLASSES_IN_RESULTS, where,
+        )
+        per_class = {}
     if per_class:
         logger.info(
             "Per-category %s operating point at max F1 (each class its own threshold): \n%s",

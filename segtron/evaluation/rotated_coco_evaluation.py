@@ -225,7 +225,8 @@ class RotatedCOCOEvaluator(COCOEvaluator):
         class_names = self._metadata.get("thing_classes")
         self._results["bbox"] = self._derive_coco_results(coco_eval, "bbox", class_names)
         if coco_eval is not None:
-            self._results["bbox"].update(report_operating_points(coco_eval, "bbox", class_names))
+            self._results["bbox"].update(report_operating_points(
+                coco_eval, "bbox", class_names, output_dir=self._output_dir))
 
     def _evaluate_predictions_on_coco(self, coco_gt, coco_results, img_ids=None):
         """Run ``RotatedCOCOeval`` on ``coco_results``; returns it summarized.

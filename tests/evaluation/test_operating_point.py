@@ -285,3 +285,55 @@ def test_crowd_region_does_not_take_a_detection_that_matches_an_object(hand_made
     bbox = data.evaluate({5: [("cat", 0.9, (12, 12, 20, 20)), ("cat", 0.8, (40, 40, 15, 15)),
                               ("cat", 0.7, (70, 70, 20, 20))]})["bbox"]
     assert [bbox[k] for k in OP_KEYS] == pytest.approx([100.0, 100.0, 100.0, 0.9])
+
+
+def _many_class_detections(num_classes):
+    """Per class c: 2 ground-truth objects, detections scored 0.9 (true) and 0.4 (false)."""
+    scores, is_tp, classes = [], [], []
+    for c in range(num_classes):
+        scores += [0.9, 0.4]
+        is_tp += [True, False]
+        classes += [c, c]
+    return (np.array(scores), np.array(is_tp), np.array(classes), [2] * num_classes,
+            [f"class{c}" for c in range(num_classes)])
+
+
+def test_many_classes_go_to_a_csv_instead_of_the_results(tmp_path, catch_logs):
+    """LVIS-sized label sets: 4 keys per class would swamp metrics.json, so beyond 100 classes
+    the per-class points are written to a CSV (one row per class) and named in the log."""
+    from segtron.evaluation.operating_point import (
+        MAX_CLASSES_IN_RESULTS,
+        report_operating_points_from_detections,
+    )
+
+    logs = catch_logs("segtron.evaluation.operating_point")
+    n = MAX_CLASSES_IN_RESULTS + 1
+    scores, is_tp, classes, num_gt, names = _many_class_detections(n)
+    results = report_operating_points_from_detections(
+        scores, is_tp, classes, num_gt, iou_type="segm", class_names=names,
+        output_dir=str(tmp_path))
+    assert sorted(results) == ["F1max", "P@F1max", "R@F1max", "thresh@F1max"]
+    # Pooled: at t = 0.9, n TP, 0 FP, n FN -> P 100, R 50.
+    assert results["P@F1max"] == pytest.approx(100.0) and results["R@F1max"] == pytest.approx(50)
+    rows = (tmp_path / "operating_points_segm.csv").read_text().splitlines()
+    assert rows[0] == "category,P,R,F1,thresh" and len(rows) == n + 1
+    assert rows[1].split(",")[0] == "class0"
+    assert [float(v) for v in rows[1].split(",")[1:]] == pytest.approx([100, 50, 66.6667, 0.9],
+                                                                        abs=1e-3)
+    assert any("operating_points_segm.csv" in m for m in logs.messages())
+    assert not any("class50" in m for m in logs.messages())  # no 101-row table in the log
+
+
+def test_up_to_the_limit_per_class_keys_stay_in_the_results(tmp_path):
+    from segtron.evaluation.operating_point import (
+        MAX_CLASSES_IN_RESULTS,
+        report_operating_points_from_detections,
+    )
+
+    scores, is_tp, classes, num_gt, names = _many_class_detections(MAX_CLASSES_IN_RESULTS)
+    results = report_operating_points_from_detections(
+        scores, is_tp, classes, num_gt, iou_type="bbox", class_names=names,
+        output_dir=str(tmp_path))
+    assert results["F1max-class7"] == pytest.approx(200 / 3)
+    assert len(results) == 4 * (MAX_CLASSES_IN_RESULTS + 1)
+    assert not list(tmp_path.iterdir())
