@@ -296,9 +296,9 @@ def launch_backend(cfg: CfgNode) -> Optional[str]:
     device = torch.device(str(cfg.MODEL.DEVICE))
     if device.type == "cuda" and not torch.cuda.is_available():
         # build_model has the message (and the suggestion to use MODEL.DEVICE cpu).
-        from segtron.modeling.meta_arch.build import _resolve_device
+        from segtron.modeling.meta_arch.build import resolve_device
 
-        _resolve_device(str(cfg.MODEL.DEVICE))
+        resolve_device(str(cfg.MODEL.DEVICE))
     return "gloo" if device.type == "cpu" else None
 
 

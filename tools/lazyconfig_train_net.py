@@ -51,6 +51,7 @@ from segtron.engine import (  # noqa: E402
 from segtron.engine.defaults import create_ddp_model  # noqa: E402
 from segtron.engine.launch import DEFAULT_TIMEOUT  # noqa: E402
 from segtron.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from segtron.modeling.meta_arch.build import resolve_device  # noqa: E402
 from segtron.utils import comm  # noqa: E402
 from segtron.utils.registry import locate  # noqa: E402
 
@@ -176,20 +177,10 @@ def check_device(cfg: DictConfig) -> torch.device:
             ``train.device=cpu``), before anything is built or launched.
     """
     name = str(OmegaConf.select(cfg, "train.device", default="cuda"))
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise RuntimeError(
-            f"train.device = {name!r} is not a valid torch device ({err}); use e.g. 'cpu', "
-            "'cuda' or 'cuda:1'."
-        ) from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"train.device = {name!r} but CUDA is not available on this machine (torch "
-            f"{torch.__version__}, CUDA build: {torch.version.cuda}). Run on the CPU by adding "
-            "the override train.device=cpu after the flags (or set train.device = 'cpu' in the "
-            "config)."
-        )
+    device = resolve_device(
+        name, key="train.device",
+        cpu_override="the override train.device=cpu after the flags (or train.device = 'cpu' "
+                     "in the config)")
     return device
 
 

@@ -15,19 +15,31 @@ __all__ = ["META_ARCH_REGISTRY", "build_model"]
 logger = logging.getLogger(__name__)
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "MODEL.DEVICE",
+                   cpu_override: str = "'MODEL.DEVICE cpu' (a command-line override or "
+                                       "cfg.MODEL.DEVICE = 'cpu')") -> torch.device:
+    """The torch device ``name`` from config ``key``, checked before anything is built.
+
+    Args:
+        name: e.g. "cpu", "cuda", "cuda:1".
+        key: the config key it came from, for the messages.
+        cpu_override: how to switch that key to the CPU, for the message.
+
+    Raises:
+        RuntimeError: for an invalid name, or CUDA on a machine without it.
+    """
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as err:
         raise RuntimeError(
-            f"MODEL.DEVICE = {name!r} is not a valid torch device ({err}); use e.g. 'cpu', "
+            f"{key} = {name!r} is not a valid torch device ({err}); use e.g. 'cpu', "
             "'cuda' or 'cuda:1'."
         ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            f"MODEL.DEVICE = {name!r} but CUDA is not available on this machine (torch "
+            f"{key} = {name!r} but CUDA is not available on this machine (torch "
             f"{torch.__version__}, CUDA build: {torch.version.cuda}). Run on the CPU with "
-            "'MODEL.DEVICE cpu' (a command-line override or cfg.MODEL.DEVICE = 'cpu')."
+            f"{cpu_override}."
         )
     return device
 
@@ -42,7 +54,7 @@ def build_model(cfg) -> nn.Module:
         RuntimeError: when MODEL.DEVICE is not a valid device, or names CUDA on a machine
             without it.
     """
-    device = _resolve_device(str(cfg.MODEL.DEVICE))
+    device = resolve_device(str(cfg.MODEL.DEVICE))
     name = cfg.MODEL.META_ARCHITECTURE
     model = META_ARCH_REGISTRY.get(name)(cfg)
     model.to(device)
