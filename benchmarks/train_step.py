@@ -63,6 +63,15 @@ def make_batch(rng, batch_size=BATCH, height=HEIGHT, width=WIDTH):
     return batch
 
 
+def step_settings(args, device: torch.device):
+    """(images per step, height, width): ``--batch`` / ``--size`` when given, else 2 x 512x683
+    on the CPU and Detectron2's per-GPU 8 x 800x1067 on CUDA."""
+    on_gpu = device.type == "cuda"
+    batch_size = args.batch or (GPU_BATCH if on_gpu else BATCH)
+    height, width = args.size or ((GPU_HEIGHT, GPU_WIDTH) if on_gpu else (HEIGHT, WIDTH))
+    return batch_size, height, width
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -76,9 +85,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = resolve_device(args)
     torch.set_num_threads(args.threads)
-    on_gpu = device.type == "cuda"
-    batch_size = args.batch or (GPU_BATCH if on_gpu else BATCH)
-    height, width = args.size or ((GPU_HEIGHT, GPU_WIDTH) if on_gpu else (HEIGHT, WIDTH))
+    batch_size, height, width = step_settings(args, device)
 
     batch = make_batch(np.random.default_rng(0), batch_size, height, width)
     tv_images = [(image.float() / 255).to(device) for image, *_ in batch]

@@ -53,21 +53,24 @@ def test_winograd_row_only_on_the_cpu():
     assert set(gpu_runs) == {n for n, (_, winograd) in SEGTRON_MODES.items() if not winograd}
 
 
-@pytest.mark.slow
-def test_benchmarks_run_small_on_the_cpu(capsys):
-    """Both scripts end to end at a tiny size: one timed round of every row."""
+def test_training_step_settings_follow_the_device():
+    """Detectron2's per-GPU training batch on CUDA, the CPU setting elsewhere; flags win."""
+    args = argparse.Namespace(batch=None, size=None)
+    assert train_step.step_settings(args, torch.device("cuda")) == (8, 800, 1067)
+    assert train_step.step_settings(args, torch.device("cpu")) == (2, 512, 683)
+    args = argparse.Namespace(batch=1, size=(128, 160))
+    assert train_step.step_settings(args, torch.device("cuda")) == (1, 128, 160)
+    with pytest.raises(ValueError, match="--device cuda"):
+        train_step.main(["--amp"])
+
+
+def test_inference_benchmark_runs_small_on_the_cpu(capsys):
+    """The inference script end to end at a tiny size: one timed round of every row."""
     torch_threads = torch.get_num_threads()
     try:
         inference.main(["--size", "64", "96", "--repeats", "1", "--threads", "1"])
-        out = capsys.readouterr().out
-        assert "64x96, batch 1, float32" in out
-        assert "| segtron + MODEL.WINOGRAD_CONV" in out
-        train_step.main(["--size", "128", "160", "--batch", "1", "--repeats", "1",
-                         "--threads", "1"])
-        out = capsys.readouterr().out
-        assert "batch 1 x 128x160" in out and "float32" in out
-        assert out.count("| segtron") == len(SEGTRON_MODES)
     finally:
         torch.set_num_threads(torch_threads)
-    with pytest.raises(ValueError, match="--device cuda"):
-        train_step.main(["--amp"])
+    out = capsys.readouterr().out
+    assert "64x96, batch 1, float32" in out
+    assert out.count("| segtron") == len(SEGTRON_MODES)

@@ -10,7 +10,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -275,39 +274,30 @@ def test_default_setup_reads_a_lazy_config(tmp_path, restore_logging):
 # ----------------------------------------------------------------------------- new baselines
 
 
-@pytest.mark.slow
-def test_lsj_new_baseline_trains_on_shapes(tiny_split, tmp_path, restore_logging):
-    """Detectron2's R-50 FPN LSJ recipe (SyncBN, 4conv1fc box head, 2-conv RPN head, large
-    scale jitter) on 128-px crops: 3 iterations with finite losses. torch's SyncBatchNorm is
-    plain batch norm in a single process, so the config needs no change for one."""
-    if not os.path.exists(LSJ_CONFIG):
-        pytest.skip(f"{LSJ_CONFIG} not written yet")
-    out = tmp_path / "lsj"
+def test_lsj_new_baseline_takes_list_index_overrides(tiny_split):
+    """The command line reaches into lists (``augmentations.0.target_height``) and tuples of
+    Detectron2's R-50 FPN LSJ recipe, as a run on 128-px shapes crops needs; its SyncBN model
+    builds in one process (torch's SyncBatchNorm is plain batch norm there). Training it is
+    tests/model_zoo/test_lazy_configs.py::test_lsj_config_trains_on_shapes."""
     size = 128
+    num_classes = len(MetadataCatalog.get(tiny_split).thing_classes)
     opts = [
         f"dataloader.train.dataset.names='{tiny_split}'",
         f"dataloader.train.mapper.augmentations.0.target_height={size}",
         f"dataloader.train.mapper.augmentations.0.target_width={size}",
         f"dataloader.train.mapper.augmentations.1.crop_size=({size}, {size})",
-        "dataloader.train.mapper.instance_mask_format='bitmask'",  # shapes stores RLE
-        "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-        "dataloader.evaluator=null",  # no COCO here: no evaluation
-        f"model.roi_heads.num_classes={len(MetadataCatalog.get(tiny_split).thing_classes)}",
-        "train.device=cpu", "train.amp.enabled=false", "train.max_iter=3",
-        "train.log_period=1", f"train.output_dir='{out}'", "train.seed=1",
+        "dataloader.train.mapper.instance_mask_format='bitmask'",
+        f"model.roi_heads.num_classes={num_classes}",
+        "train.device=cpu", "train.amp.enabled=false",
     ]
     args = tool.argument_parser().parse_args(["--config-file", LSJ_CONFIG, *opts])
     cfg = tool.load_config(args)
-    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in instantiate(cfg.model).modules())
-    try:
-        tool.main(args)
-    finally:
-        logging.getLogger("segtron").handlers.clear()
-    for name in os.listdir(out):  # the final checkpoint of a full-size R-50: not needed
-        if name.endswith(".pth"):
-            os.remove(out / name)
-    losses = [m for m in _metrics(out) if "total_loss" in m]
-    assert [m["iteration"] for m in losses] == [0, 1, 2]
-    for record in losses:
-        for name in ("loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"):
-            assert math.isfinite(record[name]), (name, record)
+    resize, crop = cfg.dataloader.train.mapper.augmentations[:2]
+    assert (resize.target_height, resize.target_width) == (size, size)
+    assert tuple(crop.crop_size) == (size, size)
+    assert cfg.dataloader.train.dataset.names == tiny_split
+    assert cfg.train.amp.enabled is False
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert model.roi_heads.box_predictor.cls_score.out_features == num_classes + 1
