@@ -7,17 +7,26 @@ Detectron2 path: ``detectron2.export.torchscript`` (``scripting_with_instances``
 ``Instances`` stores arbitrary fields in a dict, which TorchScript cannot type. Within
 :func:`patch_instances` every loaded module that refers to ``Instances`` sees a generated class
 whose fields are typed attributes (``pred_boxes: Boxes``, ``scores: Tensor``, ...), and type
-annotations naming ``Instances`` compile to it.
+annotations naming ``Instances`` compile to it. ``Boxes`` and ``ImageList`` are TorchScript
+classes themselves. :func:`freeze_training_mode` makes ``self.training`` a constant, so that
+training-only branches are not compiled (inference is what gets scripted, as in Detectron2).
+
+Model code stays scriptable through a few local conventions: Python-only checks and error
+messages under ``if not torch.jit.is_scripting():``; a module whose fast eager forward does not
+compile keeps it in ``_forward_eager`` and gives TorchScript a plain equivalent; modules
+holding plain lists of submodules (ResNet, FPN, the anchor generator) return a copy with
+``nn.ModuleList``s from ``__prepare_scriptable__``.
 """
 
 import contextlib
+import copy
 import importlib.util
 import itertools
 import logging
 import os
 import sys
 import tempfile
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 from unittest import mock
 
 import torch
@@ -27,7 +36,7 @@ from ..structures import Instances
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["scripting_with_instances", "patch_instances"]
+__all__ = ["scripting_with_instances", "patch_instances", "freeze_training_mode"]
 
 _counter = itertools.count()
 
@@ -46,11 +55,13 @@ def _type_source(kind: Any, imports: Dict[str, str]) -> str:
 
 
 def _class_source(name: str, fields: Dict[str, Any]) -> str:
-    """Source of a TorchScript class with one Optional attribute and a property per field."""
+    """Source of a TorchScript class with one Optional attribute and a property per field, and
+    the ``Instances`` methods inference code calls: ``len``, ``has``, ``get_fields`` (Boxes-like
+    fields as their ``.tensor``), ``to``, ``__getitem__`` and ``cat``."""
     imports: Dict[str, str] = {}
     types = {field: _type_source(kind, imports) for field, kind in fields.items()}
     lines = [
-        "from typing import List, Optional, Tuple",
+        "from typing import Dict, List, Optional, Tuple",
         "import torch",
         "from torch import Tensor",
         *sorted(imports.values()),
@@ -59,11 +70,14 @@ def _class_source(name: str, fields: Dict[str, Any]) -> str:
         f"class {name}:",
         f'    """Instances with the typed fields {sorted(fields)} (generated for scripting)."""',
         "",
-        "    def __init__(self, image_size: Tuple[int, int]):",
+        "    def __init__(",
+        "        self,",
+        "        image_size: Tuple[int, int],",
+        *[f"        {f}: Optional[{t}] = None," for f, t in types.items()],
+        "    ):",
         "        self.image_size = image_size",
     ]
-    lines += [f"        self._{f} = torch.jit.annotate(Optional[{t}], None)"
-              for f, t in types.items()]
+    lines += [f"        self._{f} = {f}" for f in types]
     for field, kind in types.items():
         lines += [
             "",
@@ -94,7 +108,54 @@ def _class_source(name: str, fields: Dict[str, Any]) -> str:
         lines += [f"        if name == \"{field}\":",
                   f"            return self._{field} is not None"]
     lines += ["        return False", ""]
+    lines += _methods_source(name, types)
+    # Compiled on import: torch.jit.script resolves a class's names in its caller's frame.
+    lines += ["", f"torch.jit.script({name})", ""]
     return "\n".join(lines)
+
+
+def _methods_source(name: str, types: Dict[str, str]) -> List[str]:
+    """Source of ``get_fields``, ``to``, ``__getitem__`` and ``cat`` of the generated class
+    (``types``: field name -> source name of its type)."""
+    # Inside the class the compiler does not see __init__'s defaults: pass every field.
+    new = f"{name}(%s" + ", None" * len(types) + ")"
+    lines = ["    def get_fields(self) -> Dict[str, Tensor]:",
+             "        out: Dict[str, Tensor] = {}"]
+    for field, kind in types.items():
+        value = "value" if kind == "Tensor" else "value.tensor"
+        lines += [f"        value = self._{field}",
+                  "        if value is not None:",
+                  f"            out[\"{field}\"] = {value}"]
+    lines += ["        return out", "",
+              f"    def to(self, device: torch.device) -> \"{name}\":",
+              "        out = " + new % "self.image_size"]
+    for field, kind in types.items():
+        moved = "value.to(device)" if kind == "Tensor" else f"{kind}(value.tensor.to(device))"
+        lines += [f"        value = self._{field}",
+                  "        if value is not None:",
+                  f"            out._{field} = {moved}"]
+    lines += ["        return out", "",
+              f"    def __getitem__(self, item: Tensor) -> \"{name}\":",
+              "        out = " + new % "self.image_size"]
+    for field in types:
+        lines += [f"        value = self._{field}",
+                  "        if value is not None:",
+                  f"            out._{field} = value[item]"]
+    lines += ["        return out", "",
+              f"    def cat(self, instance_lists: List[\"{name}\"]) -> \"{name}\":",
+              "        \"\"\"The concatenation of ``instance_lists`` (called on any instance: "
+              "``parts[0].cat(parts)``).\"\"\"",
+              "        out = " + new % "instance_lists[0].image_size"]
+    for field, kind in types.items():
+        lines += [f"        value = self._{field}",
+                  "        if value is not None:",
+                  f"            values_{field} = [x.{field} for x in instance_lists]"]
+        if kind == "Tensor":
+            lines += [f"            out._{field} = torch.cat(values_{field}, dim=0)"]
+        else:
+            lines += [f"            out._{field} = value.cat(values_{field})"]
+    lines += ["        return out", ""]
+    return lines
 
 
 def _load_class(name: str, source: str, folder: str) -> type:
@@ -126,6 +187,16 @@ def _converter(new_class: type, fields: Dict[str, Any]):
     return from_instances
 
 
+def _clear_jit_cache() -> None:
+    """Forget compiled module types and free functions: what was compiled against one
+    generated Instances class must be recompiled against the next one."""
+    from torch.jit._recursive import concrete_type_store
+    from torch.jit._state import _jit_caching_layer
+
+    concrete_type_store.type_store.clear()
+    _jit_caching_layer.clear()
+
+
 @contextlib.contextmanager
 def patch_instances(fields: Dict[str, Any]) -> Iterator[type]:
     """Within the context, ``Instances`` is a generated class with the typed ``fields`` (field
@@ -139,17 +210,18 @@ def patch_instances(fields: Dict[str, Any]) -> Iterator[type]:
     name = f"ScriptedInstances{next(_counter)}"
     with tempfile.TemporaryDirectory(prefix="segtron_script_") as folder, \
             contextlib.ExitStack() as stack:
+        _clear_jit_cache()
+        stack.callback(_clear_jit_cache)
         try:
             new_class = _load_class(name, _class_source(name, fields), folder)
-            scripted = torch.jit.script(new_class)
         except Exception as err:  # the frontend raises several unrelated exception types
             non_tensor = {k: getattr(v, "__name__", v) for k, v in fields.items()
                           if v is not torch.Tensor}
             raise RuntimeError(
                 f"patch_instances: the typed Instances class for fields {sorted(fields)} does "
                 f"not compile ({type(err).__name__}: {err}). Field types must be torch.Tensor "
-                f"or TorchScript-compilable classes; non-tensor types given: {non_tensor} "
-                "(segtron's Boxes / BitMasks are not scriptable: store their .tensor instead)."
+                f"or TorchScript classes (such as Boxes); non-tensor types given: {non_tensor} "
+                "(BitMasks / PolygonMasks / Keypoints are not: store their .tensor instead)."
             ) from err
         original = Instances  # this module's own global is patched in the loop too
         for module in {id(m): m for m in list(sys.modules.values())}.values():
@@ -157,11 +229,71 @@ def patch_instances(fields: Dict[str, Any]) -> Iterator[type]:
                 stack.enter_context(mock.patch.object(module, "Instances", new_class))
         new_class.from_instances = staticmethod(_converter(new_class, fields))
         # Annotations were evaluated when the functions were defined, so they hold the real
-        # class: map it to the compiled stand-in while scripting.
-        stack.enter_context(mock.patch.dict(
-            torch.jit._state._script_classes, {original: torch.jit._state._get_script_class(
-                new_class) or scripted}))
+        # class: map it to the compiled stand-in while scripting (only this entry is undone:
+        # classes compiled meanwhile, such as Boxes, stay registered).
+        script_classes = torch.jit._state._script_classes
+        script_classes[original] = torch.jit._state._get_script_class(new_class)
+        stack.callback(script_classes.pop, original, None)
         yield new_class
+
+
+def _failure_context(err: BaseException, model: Any) -> str:
+    """Where the compiler was when ``err`` was raised, read from the traceback's frames: the
+    submodule being compiled, the function being parsed and the annotation being resolved,
+    e.g. " (in roi_heads.box_head: FastRCNNConvFCHead; function FastRCNNConvFCHead.forward;
+    annotation ShapeSpec)". Errors such as a SyntaxError from parsing a lambda carry no
+    source location of their own; this names what was being compiled. "" when unknown."""
+    names = {}
+    if isinstance(model, nn.Module):
+        names = {id(m): name or "the model" for name, m in model.named_modules()}
+    module = function = annotation = None
+    tb = err.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        if isinstance(local.get("nn_module"), nn.Module):
+            module = local["nn_module"]
+        if callable(local.get("fn")) and hasattr(local["fn"], "__qualname__"):
+            function = local["fn"].__qualname__
+        if isinstance(local.get("ann"), type):
+            annotation = local["ann"].__name__
+        tb = tb.tb_next
+    parts = []
+    if module is not None:
+        kind = type(module).__name__
+        parts.append(f"in {names[id(module)]}: {kind}" if id(module) in names else f"in {kind}")
+    if function is not None:
+        parts.append(f"function {function}")
+    if annotation is not None:
+        parts.append(f"annotation {annotation}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+@contextlib.contextmanager
+def freeze_training_mode(model: Any) -> Iterator[None]:
+    """Within the context, the ``training`` attribute of every module class in ``model`` is
+    annotated ``torch.jit.Final[bool]``: a constant for TorchScript, so that ``if
+    self.training:`` branches (training-only code) are not compiled. Annotations are restored
+    afterwards. Does nothing for a plain function."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    saved = []  # (class, its own annotations before, whether it had its own dict)
+    for cls in {type(m) for m in model.modules()}:
+        if hasattr(cls, "__constants__"):  # the older mechanism; cannot be mixed with Final
+            continue
+        own = cls.__dict__.get("__annotations__")
+        saved.append((cls, dict(own) if own is not None else None))
+        annotations = dict(own or {})
+        annotations["training"] = torch.jit.Final[bool]
+        cls.__annotations__ = annotations
+    try:
+        yield
+    finally:
+        for cls, before in saved:
+            if before is None:
+                del cls.__annotations__
+            else:
+                cls.__annotations__ = before
 
 
 def scripting_with_instances(model: Any, fields: Dict[str, Any]):
@@ -170,11 +302,12 @@ def scripting_with_instances(model: Any, fields: Dict[str, Any]):
     Args:
         model: an ``nn.Module`` (in eval mode, so training-only code is not run) or a function.
         fields: field name -> type of every ``Instances`` field the code reads or writes,
-            e.g. ``{"proposal_boxes": torch.Tensor, "scores": torch.Tensor}`` (field types
-            must be tensors or scriptable classes; Boxes is not).
+            e.g. ``{"proposal_boxes": Boxes, "scores": torch.Tensor}`` (field types must be
+            tensors or TorchScript classes such as ``Boxes``).
 
     Returns:
-        the scripted module or function.
+        the scripted module (compiled from a deep copy: ``model`` itself is left as it was) or
+        function.
 
     Raises ``RuntimeError`` naming the model and the construct TorchScript rejected (the
     compiler's message carries the file, line and source excerpt).
@@ -184,14 +317,21 @@ def scripting_with_instances(model: Any, fields: Dict[str, Any]):
                        "if training-only code does not script.", type(model).__name__)
     what = type(model).__name__ if isinstance(model, nn.Module) else getattr(
         model, "__qualname__", repr(model))
-    with patch_instances(fields):
+    if isinstance(model, nn.Module):
+        # torch.jit.script writes what __prepare_scriptable__ returns (ResNet, FPN and the
+        # anchor generator give copies with ModuleLists) into the parent modules: script a
+        # copy, so that the caller's model keeps its own modules and state-dict names.
+        model = copy.deepcopy(model)
+    with patch_instances(fields), freeze_training_mode(model):
         try:
             return torch.jit.script(model)
         except Exception as err:  # the frontend raises several unrelated exception types
             raise RuntimeError(
-                f"scripting_with_instances: TorchScript cannot compile {what} "
-                f"({type(err).__name__}): {err}\nMake the reported construct scriptable (typed "
-                "arguments, no **kwargs / f-string formatting of types / comprehension ifs), "
+                f"scripting_with_instances: TorchScript cannot compile {what}"
+                f"{_failure_context(err, model)} ({type(err).__name__}): {err}\nMake the "
+                "reported construct scriptable (typed arguments, no **kwargs / f-string "
+                "formatting of types / comprehension ifs / lambdas / try blocks), "
                 "keep it out of the scripted path with `if not torch.jit.is_scripting():`, or "
                 "trace the model with TracingAdapter instead."
             ) from err
+

@@ -5,16 +5,24 @@ Detectron2 path: ``detectron2.export.torchscript``.
 
 import logging
 import os
-from typing import Dict
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
+from ..structures import Boxes
 from .scripting import scripting_with_instances
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["scripting_with_instances", "dump_torchscript_IR"]
+__all__ = [
+    "scripting_with_instances",
+    "dump_torchscript_IR",
+    "detectron2_export_fields",
+    "scriptable_adapter",
+    "RCNNScriptableAdapter",
+    "DenseScriptableAdapter",
+]
 
 
 def _script_module(module: nn.Module):
@@ -88,3 +96,60 @@ def dump_torchscript_IR(model: nn.Module, dir: str) -> Dict[str, str]:
         out.write(str(model))
     logger.info("Wrote TorchScript code and IR of %s to %s", type(model).__name__, dir)
     return paths
+
+
+def detectron2_export_fields() -> Dict[str, Any]:
+    """The ``Instances`` fields Detectron2's ``export_model.py`` scripts R-CNNs and RetinaNet
+    with: proposal_boxes / pred_boxes (Boxes) and tensors for the others."""
+    return {
+        "proposal_boxes": Boxes,
+        "objectness_logits": torch.Tensor,
+        "pred_boxes": Boxes,
+        "scores": torch.Tensor,
+        "pred_classes": torch.Tensor,
+        "pred_masks": torch.Tensor,
+        "pred_keypoints": torch.Tensor,
+        "pred_keypoint_heatmaps": torch.Tensor,
+    }
+
+
+class _ScriptableAdapter(nn.Module):
+    """Holds the model; the scripted module returns ``Instances`` as dicts of tensors (a
+    TorchScript class cannot leave a saved module usable without its source)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.eval()
+
+
+class RCNNScriptableAdapter(_ScriptableAdapter):
+    """``forward(inputs)`` = ``model.inference(inputs, do_postprocess=False)`` as one
+    ``{field: tensor}`` per image (boxes in the network input's resolution, masks as (N, 1,
+    M, M) probabilities), as Detectron2's export_model.py scripts a GeneralizedRCNN."""
+
+    def forward(self, inputs: List[Dict[str, torch.Tensor]]) -> List[Dict[str, torch.Tensor]]:
+        instances = self.model.inference(inputs, do_postprocess=False)
+        return [i.get_fields() for i in instances]
+
+
+class DenseScriptableAdapter(_ScriptableAdapter):
+    """``forward(inputs)`` = ``model(inputs)`` as one ``{field: tensor}`` per image; a
+    scripted dense detector (RetinaNet) returns its raw detections in the network input's
+    resolution, as Detectron2's does."""
+
+    def forward(self, inputs: List[Dict[str, torch.Tensor]]) -> List[Dict[str, torch.Tensor]]:
+        instances = self.model(inputs)
+        return [i.get_fields() for i in instances]
+
+
+def scriptable_adapter(model: nn.Module) -> nn.Module:
+    """The adapter Detectron2's export_model.py scripts for ``model``: an
+    :class:`RCNNScriptableAdapter` for a GeneralizedRCNN, a :class:`DenseScriptableAdapter`
+    otherwise (RetinaNet). Script it with ``scripting_with_instances(adapter,
+    detectron2_export_fields())``; the scripted module takes ``[{"image": (C, H, W)}, ...]``."""
+    from ..modeling import GeneralizedRCNN  # (segtron.modeling imports much; only when used)
+
+    if isinstance(model, GeneralizedRCNN):
+        return RCNNScriptableAdapter(model)
+    return DenseScriptableAdapter(model)

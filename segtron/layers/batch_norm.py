@@ -209,6 +209,17 @@ class NaiveSyncBatchNorm(BatchNorm2d):
             )
         self._stats_mode = stats_mode
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles (inference export): a plain ``nn.BatchNorm2d``
+        with this norm's parameters and statistics, which is what it computes in eval mode."""
+        reference = self.running_mean if self.running_mean is not None else self.weight
+        kwargs = {} if reference is None else {"device": reference.device,
+                                                "dtype": reference.dtype}
+        plain = nn.BatchNorm2d(self.num_features, self.eps, self.momentum, self.affine,
+                               self.track_running_stats, **kwargs)
+        plain.load_state_dict(self.state_dict())
+        return plain.train(self.training)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         world_size = _world_size()
         if world_size == 1 or not self.training:

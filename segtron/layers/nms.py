@@ -24,7 +24,9 @@ __all__ = ["batched_nms", "batched_nms_rotated", "batched_nms_topk", "nms", "nms
 
 def _check_boxes(boxes: torch.Tensor, caller: str) -> None:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
-        raise ValueError(f"{caller}: boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+        if not torch.jit.is_scripting():
+            raise ValueError(f"{caller}: boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+        raise ValueError(caller + ": boxes must have shape (N, 4)")
 
 
 def batched_nms(

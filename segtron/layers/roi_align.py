@@ -47,6 +47,16 @@ class ROIAlign(nn.Module):
         self.aligned = aligned
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._forward_eager(input, rois)
+        # TorchScript (inference export): torchvision's kernel, as for NCHW inputs below.
+        rois = rois.to(dtype=input.dtype, device=input.device)
+        return roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
+
+    def _forward_eager(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """The forward outside TorchScript (checks, empty batches, the NHWC CPU kernel)."""
         if rois.dim() != 2 or rois.size(1) != 5:
             raise ValueError(
                 "ROIAlign: rois must have shape (K, 5) as (batch index, x0, y0, x1, y1), got "

@@ -6,7 +6,7 @@ and small helpers used across the model code.
 """
 
 import functools
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -64,14 +64,12 @@ def disable_torch_compiler(func: Callable) -> Callable:
     return eager_only
 
 
-def shapes_to_tensor(
-    x: Sequence[Union[int, torch.Tensor]], device: Optional[torch.device] = None
-) -> torch.Tensor:
+def shapes_to_tensor(x: List[int], device: Optional[torch.device] = None) -> torch.Tensor:
     """Turn a list of sizes (ints, or 0-dim tensors while tracing) into a 1-D int64 tensor.
 
     While tracing, the sizes are stacked rather than copied so the trace stays dynamic.
     """
-    if torch.jit.is_tracing():
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
         if not all(isinstance(t, torch.Tensor) for t in x):
             raise TypeError(
                 "shapes_to_tensor: while tracing every size must be a tensor (use tensor.shape "
@@ -84,14 +82,14 @@ def shapes_to_tensor(
     return torch.as_tensor(x, device=device)
 
 
-def cat(tensors: Union[List[torch.Tensor], Tuple[torch.Tensor, ...]], dim: int = 0) -> torch.Tensor:
+def cat(tensors: List[torch.Tensor], dim: int = 0) -> torch.Tensor:
     """``torch.cat`` that returns the input itself (no copy) when given a single tensor.
 
     Args:
         tensors: a list or tuple of tensors with matching shapes except along ``dim``.
         dim: the dimension to concatenate along.
     """
-    if not isinstance(tensors, (list, tuple)):
+    if not torch.jit.is_scripting() and not isinstance(tensors, (list, tuple)):
         raise TypeError(f"cat() expects a list or tuple of tensors, got {type(tensors).__name__}")
     if len(tensors) == 1:
         return tensors[0]
@@ -178,6 +176,19 @@ class Conv2d(nn.Conv2d):
         self.winograd = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._forward_eager(x)
+        # TorchScript (inference export): convolution, norm, activation, as plain eager
+        # inference computes them.
+        x = self._conv_forward(x, self.weight, self.bias)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward outside TorchScript (folded norms, Winograd kernels, checks)."""
         if x.numel() == 0 and self.training and isinstance(self.norm, nn.SyncBatchNorm):
             raise ValueError(
                 "Conv2d: torch.nn.SyncBatchNorm does not support empty inputs in training "

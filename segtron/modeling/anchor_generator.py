@@ -17,6 +17,7 @@ ordered for each size, for each aspect ratio, for each angle (angle innermost), 
 """
 
 import collections.abc
+import copy
 import math
 from typing import Iterator, List, Sequence
 
@@ -104,9 +105,10 @@ class DefaultAnchorGenerator(nn.Module):
     in the location-major order described in the module docstring, on the features' device.
     """
 
-    box_dim: int = 4
+    box_dim: torch.jit.Final[int] = 4
     """Numbers per anchor box: 4 for XYXY."""
     _box_class = Boxes
+    __jit_unused_properties__ = ["num_cell_anchors", "num_anchors"]  # Python only
 
     @configurable
     def __init__(
@@ -154,6 +156,15 @@ class DefaultAnchorGenerator(nn.Module):
             "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
         }
 
+    def __prepare_scriptable__(self) -> "DefaultAnchorGenerator":
+        """What ``torch.jit.script`` compiles: a copy holding the cell anchors as a list of
+        tensors (TorchScript cannot iterate a ``BufferList``)."""
+        scriptable = copy.deepcopy(self)
+        cells = list(scriptable.cell_anchors)
+        del scriptable.cell_anchors
+        scriptable.cell_anchors = cells
+        return scriptable
+
     def _calculate_anchors(self, sizes, aspect_ratios) -> BufferList:
         cells = [self.generate_cell_anchors(s, a).float() for s, a in zip(sizes, aspect_ratios)]
         return BufferList(cells)
@@ -199,16 +210,20 @@ class DefaultAnchorGenerator(nn.Module):
                 rows.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
         return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
 
-    def _grid_anchors(self, grid_sizes, devices) -> List[torch.Tensor]:
+    def _grid_anchors(
+        self, grid_sizes: List[List[int]], devices: List[torch.device]
+    ) -> List[torch.Tensor]:
         """(Hi * Wi * Ai, 4) anchors per feature map, location-major, on ``devices[i]``."""
         out = []
-        for (height, width), stride, cells, device in zip(
+        for size, stride, cells, device in zip(
             grid_sizes, self.strides, self.cell_anchors, devices
         ):
+            height, width = size[0], size[1]
             start = self.offset * stride
-            kw = {"dtype": torch.float32, "device": device}
-            xs = torch.arange(start, width * stride, step=stride, **kw)
-            ys = torch.arange(start, height * stride, step=stride, **kw)
+            xs = torch.arange(
+                start, width * stride, step=stride, dtype=torch.float32, device=device)
+            ys = torch.arange(
+                start, height * stride, step=stride, dtype=torch.float32, device=device)
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
             shifts = self._shifts(grid_x.reshape(-1), grid_y.reshape(-1))  # (H*W, box_dim)
             cells = cells.to(device=device)
@@ -230,14 +245,18 @@ class DefaultAnchorGenerator(nn.Module):
             location-major, on that level's device.
         """
         if len(features) != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__} was built for {self.num_features} feature maps "
-                f"(strides {self.strides}) but got {len(features)}; the in-features of the "
-                "head and the strides of its input_shape must agree."
-            )
-        grid_sizes = [tuple(f.shape[-2:]) for f in features]
+            if not torch.jit.is_scripting():
+                raise ValueError(
+                    f"{type(self).__name__} was built for {self.num_features} feature maps "
+                    f"(strides {self.strides}) but got {len(features)}; the in-features of "
+                    "the head and the strides of its input_shape must agree."
+                )
+            raise ValueError("The anchor generator got another number of feature maps.")
+        grid_sizes = [list(f.shape[-2:]) for f in features]
         anchors = self._grid_anchors(grid_sizes, [f.device for f in features])
-        return [self._box_class(a) for a in anchors]
+        if not torch.jit.is_scripting():
+            return [self._box_class(a) for a in anchors]
+        return [Boxes(a) for a in anchors]
 
 
 @ANCHOR_GENERATOR_REGISTRY.register()
@@ -250,7 +269,7 @@ class RotatedAnchorGenerator(DefaultAnchorGenerator):
     aspect ratio, for each angle.
     """
 
-    box_dim: int = 5
+    box_dim: torch.jit.Final[int] = 5
     """Numbers per anchor box: 5 for (cx, cy, w, h, angle)."""
     _box_class = RotatedBoxes
 

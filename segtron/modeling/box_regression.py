@@ -44,16 +44,19 @@ def _check_pairs(src: torch.Tensor, target: torch.Tensor, name: str) -> None:
 
 
 def _check_apply(deltas: torch.Tensor, boxes: torch.Tensor, name: str) -> int:
-    """Validate apply_deltas inputs; return k, the number of boxes per row of ``deltas``."""
-    if deltas.dim() != 2 or deltas.shape[1] % 4 != 0:
-        raise ValueError(
-            f"{name}.apply_deltas: deltas must have shape (N, k*4), got {tuple(deltas.shape)}."
-        )
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != deltas.shape[0]:
-        raise ValueError(
-            f"{name}.apply_deltas: boxes must have shape ({deltas.shape[0]}, 4) to match deltas "
-            f"{tuple(deltas.shape)}, got {tuple(boxes.shape)}."
-        )
+    """Validate apply_deltas inputs (outside TorchScript); return k, the number of boxes per
+    row of ``deltas``."""
+    if not torch.jit.is_scripting():
+        if deltas.dim() != 2 or deltas.shape[1] % 4 != 0:
+            raise ValueError(
+                f"{name}.apply_deltas: deltas must have shape (N, k*4), got "
+                f"{tuple(deltas.shape)}."
+            )
+        if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != deltas.shape[0]:
+            raise ValueError(
+                f"{name}.apply_deltas: boxes must have shape ({deltas.shape[0]}, 4) to match "
+                f"deltas {tuple(deltas.shape)}, got {tuple(boxes.shape)}."
+            )
     # A Python int even while tracing (k is fixed by the model): the ONNX export of a traced
     # k turns reshape(n, k, 4) into reshape(n, -1, 4), which fails on zero boxes.
     return int(deltas.shape[1]) // 4
@@ -83,11 +86,14 @@ class Box2BoxTransform:
             scale_clamp: dw and dh are clamped to at most this before ``exp`` when decoding
                 (default log(1000 / 16)).
         """
-        if len(weights) != 4:
-            raise ValueError(
-                f"Box2BoxTransform: weights must be 4 numbers (wx, wy, ww, wh), got {weights!r}."
-            )
-        self.weights = tuple(float(w) for w in weights)
+        if not torch.jit.is_scripting():  # (TorchScript compiles this class for inference)
+            if len(weights) != 4:
+                raise ValueError(
+                    "Box2BoxTransform: weights must be 4 numbers (wx, wy, ww, wh), got "
+                    f"{repr(weights)}."
+                )
+            weights = tuple([float(w) for w in weights])
+        self.weights = weights
         self.scale_clamp = scale_clamp
 
     def get_deltas(self, src_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
@@ -102,13 +108,16 @@ class Box2BoxTransform:
         Returns:
             (N, 4) deltas (dx, dy, dw, dh) in the inputs' dtype.
         """
-        _check_pairs(src_boxes, target_boxes, "Box2BoxTransform")
-        if src_boxes.device.type == "cpu" and not bool((src_boxes[:, 2:] > src_boxes[:, :2]).all()):
-            # Checked on the CPU only, where it costs no device synchronisation.
-            raise ValueError(
-                "Box2BoxTransform.get_deltas: every src box needs x1 > x0 and y1 > y0; got "
-                "empty or inverted source boxes (filter them out before encoding)."
-            )
+        if not torch.jit.is_scripting():
+            _check_pairs(src_boxes, target_boxes, "Box2BoxTransform")
+            if src_boxes.device.type == "cpu" and not bool(
+                (src_boxes[:, 2:] > src_boxes[:, :2]).all()
+            ):
+                # Checked on the CPU only, where it costs no device synchronisation.
+                raise ValueError(
+                    "Box2BoxTransform.get_deltas: every src box needs x1 > x0 and y1 > y0; got "
+                    "empty or inverted source boxes (filter them out before encoding)."
+                )
         src_w = src_boxes[:, 2] - src_boxes[:, 0]
         src_h = src_boxes[:, 3] - src_boxes[:, 1]
         src_cx = src_boxes[:, 0] + 0.5 * src_w

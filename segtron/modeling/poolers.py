@@ -23,8 +23,12 @@ __all__ = ["ROIPooler", "assign_boxes_to_levels", "convert_boxes_to_pooler_forma
 def _box_tensor(boxes: Union[Boxes, torch.Tensor]) -> torch.Tensor:
     if isinstance(boxes, Boxes):  # RotatedBoxes too
         return boxes.tensor
-    if isinstance(boxes, torch.Tensor) and boxes.dim() == 2 and boxes.shape[1] in (4, 5):
+    if isinstance(boxes, torch.Tensor) and boxes.dim() == 2 and (
+        boxes.shape[1] == 4 or boxes.shape[1] == 5
+    ):
         return boxes
+    if torch.jit.is_scripting():
+        raise TypeError("ROIPooler: each entry of box_lists must be Boxes or a tensor.")
     raise TypeError(
         f"ROIPooler: each entry of box_lists must be Boxes or RotatedBoxes (or an (N, 4) / "
         f"(N, 5) tensor), got "
@@ -35,8 +39,9 @@ def _box_tensor(boxes: Union[Boxes, torch.Tensor]) -> torch.Tensor:
 def _areas(boxes: Union[Boxes, torch.Tensor]) -> torch.Tensor:
     """(N,) areas of XYXY boxes, or ``w * h`` of rotated (N, 5) boxes."""
     t = _box_tensor(boxes)
-    if t.shape[1] == 5:
-        return RotatedBoxes(t).area()
+    if not torch.jit.is_scripting():  # (RotatedBoxes is not a TorchScript class)
+        if t.shape[1] == 5:
+            return RotatedBoxes(t).area()
     return Boxes(t).area()
 
 
@@ -191,6 +196,48 @@ class ROIPooler(nn.Module):
             as ``x``.
         """
         num_levels = len(self.level_poolers)
+        if not torch.jit.is_scripting():
+            self._check_inputs(x, box_lists)
+        out_h, out_w = self.output_size
+        channels = x[0].shape[1]
+        if len(box_lists) == 0:
+            return x[0].new_zeros((0, channels, out_h, out_w))
+
+        rois = convert_boxes_to_pooler_format(box_lists)
+        if num_levels == 1:
+            return self.level_poolers[0](x[0], rois)
+
+        levels = assign_boxes_to_levels(
+            box_lists, self.min_level, self.max_level, float(self.canonical_box_size),
+            self.canonical_level,
+        )
+        if torch.jit.is_tracing():
+            # Traced: one nonzero per level, so the per-level box counts stay dynamic (the
+            # host-side counts below would be frozen into the graph).
+            level_inds = [torch.nonzero(levels == lv).squeeze(1) for lv in range(num_levels)]
+        else:
+            # Group boxes by level with one sort and one host transfer of the counts (instead
+            # of one synchronising nonzero per level).
+            order = torch.argsort(levels, stable=True)
+            counts: List[int] = torch.bincount(levels, minlength=num_levels).tolist()
+            level_inds = order.split(counts)
+        # Channels-last features (MODEL.CHANNELS_LAST) give channels-last pooled features: the
+        # mask head's convolutions then run NHWC too (faster on CPU); a box head that flattens
+        # reads them in the usual (C, H, W) order either way.
+        layout = torch.channels_last if is_channels_last(x[0]) else torch.contiguous_format
+        # Every box belongs to exactly one level, so every row is written below: no zero fill.
+        output = torch.empty((rois.shape[0], channels, out_h, out_w), dtype=x[0].dtype,
+                             device=x[0].device, memory_format=layout)
+        for level, pooler in enumerate(self.level_poolers):
+            # Every level is pooled, even with no boxes, so all levels stay in the graph.
+            inds = level_inds[level]
+            output.index_put_((inds,), pooler(x[level], rois[inds]))
+        return output
+
+    def _check_inputs(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> None:
+        """TypeError / ValueError unless ``x`` has one map per level and ``box_lists`` one
+        set of boxes of this pooler's kind per image (outside TorchScript)."""
+        num_levels = len(self.level_poolers)
         if not isinstance(x, (list, tuple)) or not isinstance(box_lists, (list, tuple)):
             raise TypeError(
                 "ROIPooler: x and box_lists must be lists (features per level, Boxes per image)."
@@ -205,11 +252,8 @@ class ROIPooler(nn.Module):
                 f"ROIPooler: {len(box_lists)} box lists for a batch of {x[0].shape[0]} images; "
                 "give one Boxes per image."
             )
-        out_h, out_w = self.output_size
-        channels = x[0].shape[1]
         if len(box_lists) == 0:
-            return x[0].new_zeros((0, channels, out_h, out_w))
-
+            return
         box_dim = _box_tensor(box_lists[0]).shape[1]
         if box_dim != self._box_dim:
             raise ValueError(
@@ -218,30 +262,3 @@ class ROIPooler(nn.Module):
                 f"per box) but got boxes with {box_dim}; use 'ROIAlignRotated' for RotatedBoxes "
                 "and 'ROIAlignV2' for Boxes (MODEL.ROI_*_HEAD.POOLER_TYPE)."
             )
-        rois = convert_boxes_to_pooler_format(box_lists)
-        if num_levels == 1:
-            return self.level_poolers[0](x[0], rois)
-
-        levels = assign_boxes_to_levels(
-            box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
-        )
-        if torch.jit.is_tracing():
-            # Traced: one nonzero per level, so the per-level box counts stay dynamic (the
-            # host-side counts below would be frozen into the graph).
-            level_inds = [torch.nonzero(levels == lv).squeeze(1) for lv in range(num_levels)]
-        else:
-            # Group boxes by level with one sort and one host transfer of the counts (instead
-            # of one synchronising nonzero per level).
-            order = torch.argsort(levels, stable=True)
-            level_inds = order.split(torch.bincount(levels, minlength=num_levels).tolist())
-        # Channels-last features (MODEL.CHANNELS_LAST) give channels-last pooled features: the
-        # mask head's convolutions then run NHWC too (faster on CPU); a box head that flattens
-        # reads them in the usual (C, H, W) order either way.
-        layout = torch.channels_last if is_channels_last(x[0]) else torch.contiguous_format
-        # Every box belongs to exactly one level, so every row is written below: no zero fill.
-        output = torch.empty((rois.shape[0], channels, out_h, out_w), dtype=x[0].dtype,
-                             device=x[0].device, memory_format=layout)
-        for level, (pooler, inds) in enumerate(zip(self.level_poolers, level_inds)):
-            # Every level is pooled, even with no boxes, so all levels stay in the graph.
-            output.index_put_((inds,), pooler(x[level], rois[inds]))
-        return output

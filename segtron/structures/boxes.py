@@ -10,10 +10,11 @@ float32. Width is ``x1 - x0`` and height ``y1 - y0`` (no ``+ 1``), so the area o
 import logging
 import math
 from enum import IntEnum, unique
-from typing import Any, Iterator, List, Sequence, Tuple, Union
+from typing import Any, List, Tuple, Union
 
 import numpy as np
 import torch
+from torch import device  # (TorchScript resolves the bare name in annotations)
 
 logger = logging.getLogger(__name__)
 
@@ -192,11 +193,12 @@ class Boxes:
     iteration over (4,) rows, ``.to(device)`` and ``.device``.
     """
 
-    def __init__(self, tensor: Union[torch.Tensor, np.ndarray, Sequence[Sequence[float]]]):
+    def __init__(self, tensor: torch.Tensor):
         """Args:
             tensor: (N, 4) boxes as a Tensor (kept on its device, cast to float32 without a copy
                 when already float32), ndarray or nested list (placed on the CPU). An input with
-                no elements becomes shape (0, 4).
+                no elements becomes shape (0, 4). (Annotated ``Tensor`` for TorchScript, which
+                compiles this class: scripted code passes tensors.)
         """
         if isinstance(tensor, torch.Tensor):
             data = tensor.to(dtype=torch.float32)
@@ -207,22 +209,25 @@ class Boxes:
             # must stay valid (a no-op) for (N, 4) boxes of other images.
             data = data.reshape((-1, 4))
         if data.dim() != 2 or data.shape[-1] != 4:
-            raise ValueError(
-                f"Boxes expects an (N, 4) tensor of (x0, y0, x1, y1) rows, got shape "
-                f"{tuple(data.shape)}."
-            )
+            if not torch.jit.is_scripting():
+                raise ValueError(
+                    f"Boxes expects an (N, 4) tensor of (x0, y0, x1, y1) rows, got shape "
+                    f"{tuple(data.shape)}."
+                )
+            raise ValueError("Boxes expects an (N, 4) tensor of (x0, y0, x1, y1) rows.")
         self.tensor = data
 
     def clone(self) -> "Boxes":
         """Return a copy whose tensor does not share storage with this one."""
         return Boxes(self.tensor.clone())
 
+    @torch.jit.unused  # (scripted code moves ``Boxes(boxes.tensor.to(device))``)
     def to(self, *args: Any, **kwargs: Any) -> "Boxes":
         """Return a copy on another device (arguments as ``Tensor.to``); boxes stay float32."""
         return Boxes(self.tensor.to(*args, **kwargs))
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> device:
         """Device of the box tensor."""
         return self.tensor.device
 
@@ -282,38 +287,46 @@ class Boxes:
         self.tensor[:, 1::2] *= scale_y
 
     @classmethod
-    def cat(cls, boxes_list: Sequence["Boxes"]) -> "Boxes":
+    def cat(cls, boxes_list: List["Boxes"]) -> "Boxes":
         """Concatenate a list/tuple of ``Boxes`` into one (new storage); an empty list gives
         (0, 4) boxes on the CPU."""
-        if not isinstance(boxes_list, (list, tuple)):
-            raise TypeError(f"Boxes.cat expects a list or tuple of Boxes, got {type(boxes_list)}.")
+        if not torch.jit.is_scripting():
+            if not isinstance(boxes_list, (list, tuple)):
+                raise TypeError(
+                    f"Boxes.cat expects a list or tuple of Boxes, got {type(boxes_list)}.")
+            for i, b in enumerate(boxes_list):
+                if not isinstance(b, Boxes):
+                    raise TypeError(f"Boxes.cat: element {i} is a {type(b).__name__}, not Boxes.")
         if len(boxes_list) == 0:
             return cls(torch.empty(0))
-        for i, b in enumerate(boxes_list):
-            if not isinstance(b, Boxes):
-                raise TypeError(f"Boxes.cat: element {i} is a {type(b).__name__}, not Boxes.")
         return cls(torch.cat([b.tensor for b in boxes_list], dim=0))
 
-    def __getitem__(self, item: Any) -> "Boxes":
+    def __getitem__(self, item) -> "Boxes":
         """Index the boxes; the result is always a ``Boxes`` of shape (K, 4).
 
-        ``item`` may be an int (gives 1 box), a slice, an (N,) bool mask or a 1-D index tensor.
-        The result may share storage with this object, as with tensor indexing.
+        ``item`` may be an int (gives 1 box), a slice, an (N,) bool mask or a 1-D index tensor
+        (in TorchScript: a tensor). The result may share storage with this object, as with
+        tensor indexing.
         """
-        if _is_integer_index(item):
-            return Boxes(self.tensor[item].view(1, -1))
+        if not torch.jit.is_scripting():
+            if _is_integer_index(item):
+                return Boxes(self.tensor[item].view(1, -1))
         selected = self.tensor[item]
         if selected.dim() != 2:
-            raise IndexError(
-                f"Indexing Boxes with {item!r} gave shape {tuple(selected.shape)}, not a (K, 4) "
-                "matrix; index with an int, a slice, a bool mask or a 1-D index tensor."
-            )
+            if not torch.jit.is_scripting():
+                raise IndexError(
+                    f"Indexing Boxes with {repr(item)} gave shape {tuple(selected.shape)}, not a "
+                    "(K, 4) matrix; index with an int, a slice, a bool mask or a 1-D index "
+                    "tensor."
+                )
+            raise IndexError("Indexing Boxes did not give a (K, 4) matrix.")
         return Boxes(selected)
 
     def __len__(self) -> int:
         return self.tensor.shape[0]
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    @torch.jit.unused
+    def __iter__(self):
         """Yield each box as a (4,) tensor."""
         yield from self.tensor
 

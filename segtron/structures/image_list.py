@@ -7,6 +7,7 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import device  # (TorchScript resolves the bare name in annotations)
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +39,19 @@ class ImageList:
         height, width = self.image_sizes[idx]
         return self.tensor[idx, ..., :height, :width]
 
+    @torch.jit.unused
     def to(self, *args: Any, **kwargs: Any) -> "ImageList":
         """Return a copy with the tensor converted as by ``Tensor.to`` (device and/or dtype)."""
         return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> device:
         """Device of the batch tensor."""
         return self.tensor.device
 
     @staticmethod
     def from_tensors(
-        tensors: Sequence[torch.Tensor],
+        tensors: List[torch.Tensor],
         size_divisibility: int = 0,
         pad_value: float = 0.0,
         padding_constraints: Optional[Dict[str, int]] = None,
@@ -70,73 +72,95 @@ class ImageList:
             ``ImageList`` whose tensor is (N, ..., H, W) with H, W the (rounded) per-batch maxima,
             in the dtype and device of ``tensors[0]``, and ``image_sizes`` the original (h, w).
         """
-        if not isinstance(tensors, (list, tuple)):
-            raise TypeError(
-                f"ImageList.from_tensors expects a list or tuple of tensors, got {type(tensors)}."
-            )
-        if len(tensors) == 0:
-            raise ValueError("ImageList.from_tensors got an empty list; pass at least one image.")
-        for i, t in enumerate(tensors):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(
-                    f"ImageList.from_tensors: element {i} is a {type(t).__name__}, not a torch "
-                    "Tensor; convert images with torch.as_tensor(...) first."
-                )
-            if t.dim() < 2:
-                raise ValueError(
-                    f"ImageList.from_tensors: element {i} has shape {tuple(t.shape)}; images need "
-                    "at least 2 dims (H, W)."
-                )
-            if t.shape[:-2] != tensors[0].shape[:-2]:
-                raise ValueError(
-                    f"ImageList.from_tensors: element {i} has leading shape (channels) "
-                    f"{tuple(t.shape[:-2])} but element 0 has {tuple(tensors[0].shape[:-2])}; "
-                    "all images must have the same number of channels."
-                )
-
-        if torch.jit.is_tracing():
-            # Sizes stay the tracer's 0-dim size tensors so that a traced model accepts other
-            # image sizes (eager code keeps Python ints, as documented).
-            image_sizes = [(t.shape[-2], t.shape[-1]) for t in tensors]
-            max_h, max_w = torch.stack([torch.stack(s) for s in image_sizes]).max(0).values
-        else:
-            image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
-            max_h = max(h for h, _ in image_sizes)
-            max_w = max(w for _, w in image_sizes)
-
-        if padding_constraints is not None:
-            square_size = int(padding_constraints.get("square_size", 0))
-            if square_size > 0:
-                if max_h > square_size or max_w > square_size:
-                    raise ValueError(
-                        f"ImageList.from_tensors: padding_constraints square_size={square_size} is "
-                        f"smaller than the largest image ({max_h}x{max_w}); resize the images "
-                        "first or raise square_size."
-                    )
-                max_h = max_w = square_size
-            if "size_divisibility" in padding_constraints:
-                size_divisibility = padding_constraints["size_divisibility"]
-
-        if size_divisibility > 1:
-            stride = int(size_divisibility)
-            # Round up with non-negative operands only: the ONNX export of `//` truncates, so
-            # the -(-x // s) form would round down in an exported (traced) model.
-            max_h = (max_h + (stride - 1)) // stride * stride
-            max_w = (max_w + (stride - 1)) // stride * stride
-
-        if torch.jit.is_tracing():
-            # Traced: pad each image and stack (the ONNX export of copy_ into a slice below
-            # freezes the traced image size, so another size would fail in onnxruntime).
-            batched = torch.stack([
-                torch.nn.functional.pad(
-                    img, [0, max_w - img.shape[-1], 0, max_h - img.shape[-2]], value=pad_value
-                )
-                for img in tensors
-            ])
-            return ImageList(batched.contiguous(), image_sizes)
+        if not torch.jit.is_scripting():
+            _check_images(tensors)
+            if torch.jit.is_tracing():
+                # Sizes stay the tracer's 0-dim size tensors so that a traced model accepts
+                # other image sizes (eager code keeps Python ints, as documented).
+                traced_sizes = [(t.shape[-2], t.shape[-1]) for t in tensors]
+                max_h, max_w = torch.stack([torch.stack(s) for s in traced_sizes]).max(0).values
+                max_h, max_w = _padded_size(max_h, max_w, size_divisibility, padding_constraints)
+                return _pad_traced(tensors, traced_sizes, max_h, max_w, pad_value)
+        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        max_h, max_w = _padded_size(
+            max([size[0] for size in image_sizes]), max([size[1] for size in image_sizes]),
+            size_divisibility, padding_constraints,
+        )
         first = tensors[0]
-        batch_shape = [len(tensors), *first.shape[:-2], max_h, max_w]
+        batch_shape = [len(tensors)] + list(first.shape[:-2]) + [max_h, max_w]
         batched = first.new_full(batch_shape, pad_value)
         for i, img in enumerate(tensors):
             batched[i, ..., : img.shape[-2], : img.shape[-1]].copy_(img)
         return ImageList(batched.contiguous(), image_sizes)
+
+
+def _check_images(tensors: Sequence[torch.Tensor]) -> None:
+    """Raise TypeError / ValueError unless ``tensors`` is a non-empty list of images with equal
+    leading dims (eager only)."""
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(
+            f"ImageList.from_tensors expects a list or tuple of tensors, got {type(tensors)}."
+        )
+    if len(tensors) == 0:
+        raise ValueError("ImageList.from_tensors got an empty list; pass at least one image.")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"ImageList.from_tensors: element {i} is a {type(t).__name__}, not a torch "
+                "Tensor; convert images with torch.as_tensor(...) first."
+            )
+        if t.dim() < 2:
+            raise ValueError(
+                f"ImageList.from_tensors: element {i} has shape {tuple(t.shape)}; images need "
+                "at least 2 dims (H, W)."
+            )
+        if t.shape[:-2] != tensors[0].shape[:-2]:
+            raise ValueError(
+                f"ImageList.from_tensors: element {i} has leading shape (channels) "
+                f"{tuple(t.shape[:-2])} but element 0 has {tuple(tensors[0].shape[:-2])}; "
+                "all images must have the same number of channels."
+            )
+
+
+def _padded_size(
+    max_h: int, max_w: int, size_divisibility: int, padding_constraints: Optional[Dict[str, int]]
+) -> Tuple[int, int]:
+    """The batch's (height, width) for the largest image size ``max_h`` x ``max_w``: square
+    padding and divisibility as ``ImageList.from_tensors`` documents (0-dim tensors while
+    tracing)."""
+    if padding_constraints is not None:
+        square_size = int(padding_constraints.get("square_size", 0))
+        if square_size > 0:
+            if max_h > square_size or max_w > square_size:
+                raise ValueError(
+                    f"ImageList.from_tensors: padding_constraints square_size={square_size} is "
+                    f"smaller than the largest image ({max_h}x{max_w}); resize the images "
+                    "first or raise square_size."
+                )
+            max_h = square_size
+            max_w = square_size
+        if "size_divisibility" in padding_constraints:
+            size_divisibility = padding_constraints["size_divisibility"]
+
+    if size_divisibility > 1:
+        stride = int(size_divisibility)
+        # Round up with non-negative operands only: the ONNX export of `//` truncates, so
+        # the -(-x // s) form would round down in an exported (traced) model.
+        max_h = (max_h + (stride - 1)) // stride * stride
+        max_w = (max_w + (stride - 1)) // stride * stride
+    return max_h, max_w
+
+
+def _pad_traced(
+    tensors: Sequence[torch.Tensor], image_sizes, max_h, max_w, pad_value: float
+) -> ImageList:
+    """Pad each image and stack (while tracing: the ONNX export of copy_ into a slice freezes
+    the traced image size, so another size would fail in onnxruntime)."""
+    batched = torch.stack([
+        torch.nn.functional.pad(
+            img, [0, max_w - img.shape[-1], 0, max_h - img.shape[-2]], value=pad_value
+        )
+        for img in tensors
+    ])
+    return ImageList(batched.contiguous(), image_sizes)
+

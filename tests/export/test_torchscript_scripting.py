@@ -8,7 +8,7 @@ from torch import nn
 
 from segtron.export import dump_torchscript_IR, scripting_with_instances
 from segtron.export.scripting import patch_instances
-from segtron.structures import Instances
+from segtron.structures import Boxes, Instances
 
 from .ts_models import tiny_model
 
@@ -64,10 +64,14 @@ def test_real_box_predictor_scripts_and_matches_eager():
 
 
 def test_unscriptable_code_names_the_module_and_construct():
-    model = tiny_model("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
-    expected = r"(?s)cannot compile MaskRCNNConvUpsampleHead.*wrappers.py.*HERE"
+    # Keypoint decoding (heatmaps_to_keypoints) is not scriptable (the mask head now is).
+    model = tiny_model("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml")
+    expected = r"(?s)cannot compile KRCNNConvDeconvUpsampleHead.*keypoint_head.py.*HERE"
     with pytest.raises(RuntimeError, match=expected):
-        scripting_with_instances(model.roi_heads.mask_head, {"pred_classes": torch.Tensor})
+        scripting_with_instances(model.roi_heads.keypoint_head, {
+            "pred_boxes": Boxes, "pred_classes": torch.Tensor, "pred_keypoints": torch.Tensor,
+            "pred_keypoint_heatmaps": torch.Tensor,
+        })
 
 
 def test_unscriptable_field_type_is_reported():

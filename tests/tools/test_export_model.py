@@ -14,6 +14,8 @@ import torch
 from segtron.data.datasets.shapes import prepare_shapes_split
 from segtron.engine import DefaultPredictor
 from segtron.export.onnx_export import ExportedModel, ONNXRuntimeModel
+from segtron.modeling import build_model
+from segtron.structures import Boxes, Instances
 from tests.conftest import REPO_ROOT
 from tests.export.ts_models import assert_same_instances
 
@@ -149,15 +151,48 @@ def test_help_says_what_stays_outside_the_graph():
         assert text in result.stdout, text
 
 
-def test_scripting_a_whole_detector_fails_saying_what_and_what_to_do(tmp_path, restore_logging):
-    """Whole R-CNNs do not script yet (segtron's Boxes is not a TorchScript class): the tool
-    stops with the scripting error itself and points to tracing, writing no file."""
+def _scripting_argv(output, *opts):
+    return ["--format", "torchscript", "--export-method", "scripting", "--config-file",
+            DEMO_CONFIG, "--output", str(output), *SMALL, "MODEL.WEIGHTS", "", *opts]
+
+
+def test_scripting_exports_a_mask_rcnn_matching_eager(tmp_path, restore_logging):
+    """--export-method scripting writes model.ts (and its IR): called on [{"image": ...}] of
+    any size it gives the eager model's inference(do_postprocess=False) as dicts of
+    tensors."""
+    tool = _load_tool()
+    argv = _scripting_argv(tmp_path)
+    torch.manual_seed(0)
+    assert tool.main(argv) is None
+    for name in ("model.ts", "model_ts_code.txt", "model_ts_IR.txt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    torch.manual_seed(0)  # the same random weights as the exported model
+    eager = build_model(tool.setup_cfg(tool.parse_args(argv))).eval()
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    for hw in ((96, 128), (80, 72)):
+        image = torch.rand((3, *hw), generator=torch.Generator().manual_seed(hw[1])) * 255
+        with torch.no_grad():
+            fields = scripted([{"image": image}])[0]
+            expected = eager.inference([{"image": image}], do_postprocess=False)[0]
+        assert sorted(fields) == ["pred_boxes", "pred_classes", "pred_masks", "scores"]
+        actual = Instances(hw, **dict(fields, pred_boxes=Boxes(fields["pred_boxes"])))
+        assert_same_instances(expected, actual, hw)
+
+
+def test_scripting_what_does_not_script_fails_saying_what_and_what_to_do(
+    tmp_path, restore_logging
+):
+    """A model whose code does not script (Keypoint R-CNN's keypoint decoding) stops the tool
+    with the scripting error itself (module, function, file) and points to tracing, writing
+    no file; a meta-architecture other than GeneralizedRCNN / RetinaNet is refused."""
     tool = _load_tool()
     with pytest.raises(RuntimeError) as info:
-        tool.main(["--format", "torchscript", "--export-method", "scripting", "--config-file",
-                   DEMO_CONFIG, "--output", str(tmp_path), *SMALL, "MODEL.WEIGHTS", ""])
+        tool.main(_scripting_argv(tmp_path, "MODEL.KEYPOINT_ON", "True"))
     message = str(info.value)
     assert "GeneralizedRCNN could not be scripted" in message
-    assert "Boxes" in message  # the field type the scripting compiler rejected
+    assert "keypoint_head: KRCNNConvDeconvUpsampleHead" in message
+    assert "keypoint_head.py" in message  # the compiler's source location
     assert "--export-method tracing" in message
     assert not (tmp_path / "model.ts").exists()
+    with pytest.raises(RuntimeError, match="supports GeneralizedRCNN and RetinaNet, not Sem"):
+        tool.main(_scripting_argv(tmp_path, "MODEL.META_ARCHITECTURE", "SemanticSegmentor"))

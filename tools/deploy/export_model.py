@@ -21,6 +21,11 @@ Detectron2's tool): the R-CNNs are exported with ``do_postprocess=False``, so ma
 original image size is ``detector_postprocess`` / ``sem_seg_postprocess``, which ``--run-eval``
 applies (``segtron.export.onnx_export.ExportedModel``). Image height and width are dynamic.
 
+``--export-method scripting`` (``--format torchscript``; GeneralizedRCNN and RetinaNet, as in
+Detectron2) compiles the model instead of tracing it, so no sample image is read: model.ts
+takes ``[{"image": (C, H, W) tensor}, ...]`` and returns one dict of tensors per image
+(``pred_boxes``, ``scores``, ``pred_classes``, ``pred_masks``), the same raw detections.
+
 ``--run-eval`` evaluates the exported file on DATASETS.TEST with the evaluators train_net.py
 uses and prints the same tables (ONNX in onnxruntime on the CPU; TorchScript traced only).
 ``--format caffe2`` / ``--export-method caffe2_tracing`` are Detectron2's Caffe2 path, which
@@ -50,6 +55,10 @@ from segtron.export import (  # noqa: E402
     dump_torchscript_IR,
     scripting_with_instances,
 )
+from segtron.export.torchscript import (  # noqa: E402
+    detectron2_export_fields,
+    scriptable_adapter,
+)
 from segtron.export.diagnostics import export_diagnostics  # noqa: E402
 from segtron.export.onnx_export import (  # noqa: E402
     ExportedModel,
@@ -58,7 +67,6 @@ from segtron.export.onnx_export import (  # noqa: E402
     export_onnx,
 )
 from segtron.modeling import GeneralizedRCNN, RetinaNet, build_model  # noqa: E402
-from segtron.structures import Boxes  # noqa: E402
 from segtron.utils.file_io import PathManager  # noqa: E402
 from segtron.utils.logger import setup_logger  # noqa: E402
 
@@ -164,25 +172,24 @@ def export_tracing(model, inputs: List[Dict[str, Any]], args) -> ExportedModel:
 
 
 def export_scripting(model, args) -> None:
-    """Script ``model`` (GeneralizedRCNN / RetinaNet) and write model.ts into ``args.output``.
-    Raises RuntimeError naming the model and what could not be scripted."""
+    """Script ``model`` (GeneralizedRCNN / RetinaNet) as Detectron2's tool does and write
+    model.ts (with its IR dumped beside it) into ``args.output``.
+
+    The scripted module takes ``[{"image": (C, H, W) float tensor}, ...]`` (any sizes) and
+    returns one ``{field: tensor}`` per image: ``pred_boxes`` (N, 4) in the network input's
+    resolution, ``scores``, ``pred_classes`` (+ ``pred_masks`` (N, 1, M, M) probabilities for
+    Mask R-CNN); an R-CNN is scripted as ``inference(inputs, do_postprocess=False)``.
+    Rescaling / mask pasting (``detector_postprocess``) stays in Python. Raises RuntimeError
+    naming the model and what could not be scripted."""
     if not isinstance(model, (GeneralizedRCNN, RetinaNet)):
         raise RuntimeError(
             f"--export-method scripting supports GeneralizedRCNN and RetinaNet, not "
             f"{type(model).__name__}; export it with --export-method tracing."
         )
-    fields = {
-        "proposal_boxes": Boxes,
-        "objectness_logits": torch.Tensor,
-        "pred_boxes": Boxes,
-        "scores": torch.Tensor,
-        "pred_classes": torch.Tensor,
-        "pred_masks": torch.Tensor,
-        "pred_keypoints": torch.Tensor,
-        "pred_keypoint_heatmaps": torch.Tensor,
-    }
     try:
-        scripted = scripting_with_instances(model, fields)
+        scripted = scripting_with_instances(
+            scriptable_adapter(model), detectron2_export_fields()
+        )
     except Exception as error:
         raise RuntimeError(
             f"--export-method scripting: {type(model).__name__} could not be scripted: "

@@ -4,6 +4,7 @@ Parameter names are Detectron2's: ``fpn_lateral{k}`` / ``fpn_output{k}`` where k
 input feature's stride (``fpn_lateral2`` for ``res2``), ``top_block.*`` and ``bottom_up.*``.
 """
 
+import copy
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -140,19 +141,35 @@ class FPN(Backbone):
         """``{"square_size": square_pad}`` (0: no square padding)."""
         return {"square_size": self._square_pad}
 
+    def __prepare_scriptable__(self) -> "FPN":
+        """What ``torch.jit.script`` compiles: a copy whose per-level convs are
+        ``nn.ModuleList``s and ``in_features`` a list (TorchScript indexes neither a plain list
+        of modules nor a tuple with a variable); its parameters are named ``lateral_convs.*`` /
+        ``output_convs.*`` instead of ``fpn_lateral*`` / ``fpn_output*``."""
+        scriptable = copy.deepcopy(self)
+        scriptable.lateral_convs = nn.ModuleList(scriptable.lateral_convs)
+        scriptable.output_convs = nn.ModuleList(scriptable.output_convs)
+        for name, _ in self.named_children():
+            if name.startswith("fpn_"):
+                delattr(scriptable, name)
+        scriptable.in_features = list(self.in_features)
+        return scriptable
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         features = self.bottom_up(x)
         in_features = self.in_features
         num = len(in_features)
-        results: List[Optional[torch.Tensor]] = [None] * num
         prev = self.lateral_convs[0](features[in_features[-1]])
-        results[num - 1] = self.output_convs[0](prev)
-        for i in range(1, num):
-            lateral = self.lateral_convs[i](features[in_features[num - 1 - i]])
-            prev = _add_upsampled(lateral, prev)
-            if self._fuse_type == "avg":
-                prev = prev * 0.5
-            results[num - 1 - i] = self.output_convs[i](prev)
+        results = [self.output_convs[0](prev)]  # finest level first
+        for i, (lateral_conv, output_conv) in enumerate(
+            zip(self.lateral_convs, self.output_convs)
+        ):
+            if i > 0:  # (a loop TorchScript can unroll over ModuleLists)
+                lateral = lateral_conv(features[in_features[num - 1 - i]])
+                prev = _add_upsampled(lateral, prev)
+                if self._fuse_type == "avg":
+                    prev = prev * 0.5
+                results.insert(0, output_conv(prev))
         if self.top_block is not None:
             source = self.top_block.in_feature
             if source in features:
@@ -160,7 +177,10 @@ class FPN(Backbone):
             else:
                 top_input = results[self._out_features.index(source)]
             results.extend(self.top_block(top_input))
-        return dict(zip(self._out_features, results))
+        outputs: Dict[str, torch.Tensor] = {}
+        for name, result in zip(self._out_features, results):
+            outputs[name] = result
+        return outputs
 
 
 def _add_upsampled(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
@@ -172,9 +192,9 @@ def _add_upsampled(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     x // 2), so the result is the same. While tracing (fvcore's counting, export) the
     interpolate path is kept, so traced graphs hold Detectron2's op sequence.
     """
-    n, c, h, w = coarse.shape
+    n, c, h, w = coarse.shape[0], coarse.shape[1], coarse.shape[2], coarse.shape[3]
     tracing = torch.jit.is_tracing()
-    if torch.is_grad_enabled() or tracing or fine.shape != (n, c, 2 * h, 2 * w):
+    if torch.is_grad_enabled() or tracing or list(fine.shape) != [n, c, 2 * h, 2 * w]:
         return fine + F.interpolate(coarse, scale_factor=2.0, mode="nearest")
     fine.view(n, c, h, 2, w, 2).add_(coarse.view(n, c, h, 1, w, 1))
     return fine

@@ -8,6 +8,7 @@ model-zoo checkpoints load unchanged. The blocks live in ``resnet_blocks.py`` an
 here, at Detectron2's path.
 """
 
+import copy
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -131,13 +132,26 @@ class ResNet(Backbone):
                 )
         self.freeze(freeze_at)
 
+    def __prepare_scriptable__(self) -> "ResNet":
+        """What ``torch.jit.script`` compiles: a copy whose stages are an ``nn.ModuleList``
+        (TorchScript cannot iterate a plain list of modules); parameter names change from
+        ``res2.*`` to ``stages.0.*`` in the scripted copy only."""
+        scriptable = copy.deepcopy(self)
+        scriptable.stages = nn.ModuleList(scriptable.stages)
+        for name in self.stage_names:
+            delattr(scriptable, name)
+        return scriptable
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if x.dim() != 4:
-            raise ValueError(
-                f"ResNet takes an (N, C, H, W) batch, got a tensor of shape {tuple(x.shape)}."
-            )
+            if not torch.jit.is_scripting():
+                raise ValueError(
+                    f"ResNet takes an (N, C, H, W) batch, got a tensor of shape "
+                    f"{tuple(x.shape)}."
+                )
+            raise ValueError("ResNet takes an (N, C, H, W) batch.")
         wanted = self._out_features
-        outputs = {}
+        outputs: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
         if "stem" in wanted:
             outputs["stem"] = x

@@ -36,9 +36,9 @@ from ..backbone import Backbone
 from ..feature_names import check_in_features
 from ..postprocessing import detector_postprocess
 from .model_inputs import (
+    batch_images,
     device_property,
     input_config,
-    normalize_and_batch,
     output_size,
     register_pixel_stats,
     winograd_conv_property,
@@ -57,11 +57,13 @@ def permute_to_N_HWA_K(tensor: torch.Tensor, K: int) -> torch.Tensor:
     (for NHWC the result is a free view).
     """
     if tensor.dim() != 4:
-        raise ValueError(
-            f"permute_to_N_HWA_K expects an (N, A*K, H, W) prediction, got shape "
-            f"{tuple(tensor.shape)}."
-        )
-    n, channels, height, width = tensor.shape
+        if not torch.jit.is_scripting():
+            raise ValueError(
+                f"permute_to_N_HWA_K expects an (N, A*K, H, W) prediction, got shape "
+                f"{tuple(tensor.shape)}."
+            )
+        raise ValueError("permute_to_N_HWA_K expects an (N, A*K, H, W) prediction.")
+    n, channels, height, width = tensor.shape[0], tensor.shape[1], tensor.shape[2], tensor.shape[3]
     if channels % K != 0:
         raise ValueError(
             f"permute_to_N_HWA_K: {channels} channels are not a multiple of K={K} values per "
@@ -90,7 +92,7 @@ def _rows_holding_top_scores(scores: torch.Tensor, k: int) -> Optional[torch.Ten
     R * K in the millions (P3 of an 800x1067 image: 9.8M scores) searching those rows (about
     k, ties included) instead of every entry makes decoding ~10x faster.
     """
-    num_rows, num_cols = scores.shape
+    num_rows, num_cols = scores.shape[0], scores.shape[1]
     # Traced graphs search every row: the narrowing's branch and row count would be frozen.
     if torch.jit.is_tracing() or num_rows <= k or num_cols == 1:
         return None
@@ -178,12 +180,15 @@ class DenseDetector(nn.Module):
     winograd_conv = winograd_conv_property
     device = device_property
 
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+    def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> ImageList:
         """Move each input's "image" to the model's device, normalise it and pad the images
         into one batch (bottom/right zeros, to the backbone's size divisibility)."""
-        return normalize_and_batch(self, batched_inputs, self.backbone)
+        return batch_images(
+            batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility,
+            self.backbone.padding_constraints, self.channels_last,
+        )
 
-    def forward(self, batched_inputs: List[Dict]):
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Args:
             batched_inputs: one dict per image with "image" (C, H, W), optionally "height" /
                 "width" (output size), and "instances" (ground truth) in training.
@@ -217,6 +222,9 @@ class DenseDetector(nn.Module):
             return losses
 
         results = self.forward_inference(images, features, predictions)
+        if torch.jit.is_scripting():
+            # Scripted models return the raw Instances (network input size), as Detectron2's.
+            return results
         processed = []
         for result, item, image_size in zip(results, batched_inputs, images.image_sizes):
             height, width = output_size(item, image_size)
@@ -243,7 +251,7 @@ class DenseDetector(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement forward_inference().")
 
     def _transpose_dense_predictions(
-        self, predictions: Sequence[List[torch.Tensor]], dims_per_anchor: Sequence[int]
+        self, predictions: List[List[torch.Tensor]], dims_per_anchor: List[int]
     ) -> List[List[torch.Tensor]]:
         """Apply :func:`permute_to_N_HWA_K` to every level of every prediction.
 
@@ -254,7 +262,7 @@ class DenseDetector(nn.Module):
         Returns:
             the same nesting with (N, Hi * Wi * Ai, K) tensors.
         """
-        if len(predictions) != len(dims_per_anchor):
+        if not torch.jit.is_scripting() and len(predictions) != len(dims_per_anchor):
             raise ValueError(
                 f"{type(self).__name__}: the head returned {len(predictions)} predictions but "
                 f"{len(dims_per_anchor)} were expected ({list(dims_per_anchor)} values each)."
@@ -362,19 +370,19 @@ class DenseDetector(nn.Module):
         Returns:
             ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes``, by decreasing score.
         """
-        num_anchors, num_classes = pred_scores.shape
+        num_classes = pred_scores.shape[1]
         rows = _rows_holding_top_scores(pred_scores, topk_candidates)
         if rows is not None:
             pred_scores = pred_scores[rows]
         flat_scores = pred_scores.reshape(-1)
         kept = torch.nonzero(flat_scores > score_thresh).squeeze(1)
         scores = flat_scores[kept]
-        if torch.jit.is_tracing():
+        if not torch.jit.is_scripting() and torch.jit.is_tracing():
             # Traced: k follows the (dynamic) number of candidates above the threshold.
             num_topk = torch.clamp(torch.as_tensor(scores.shape[0]), max=topk_candidates)
+            scores, order = scores.topk(num_topk)
         else:
-            num_topk = min(topk_candidates, scores.numel())
-        scores, order = scores.topk(num_topk)
+            scores, order = scores.topk(min(topk_candidates, scores.numel()))
         kept = kept[order]
         anchor_idxs = torch.div(kept, num_classes, rounding_mode="floor")
         classes = kept - anchor_idxs * num_classes
@@ -402,7 +410,9 @@ class DenseDetector(nn.Module):
             )
             for anchors_i, scores_i, deltas_i in zip(anchors, pred_scores, pred_deltas)
         ]
-        return Instances.cat(per_level)
+        if not torch.jit.is_scripting():
+            return Instances.cat(per_level)
+        return per_level[0].cat(per_level)  # (the typed Instances of TorchScript)
 
     def visualize_training(self, batched_inputs: List[Dict], results: List[Instances]) -> None:
         """Put one picture into the event storage: the first image with its ground-truth boxes

@@ -23,6 +23,7 @@ from ..backbone import Backbone
 __all__ = [
     "register_pixel_stats",
     "normalize_and_batch",
+    "batch_images",
     "output_size",
     "input_config",
     "set_winograd_conv",
@@ -57,21 +58,41 @@ def normalize_and_batch(
     device and pad them (bottom / right, zeros) into one ``ImageList`` whose size suits
     ``backbone`` (``size_divisibility``, ``padding_constraints``). The batch is made NHWC when
     ``module.channels_last`` is true."""
+    return batch_images(
+        batched_inputs, module.pixel_mean, module.pixel_std, backbone.size_divisibility,
+        backbone.padding_constraints, bool(getattr(module, "channels_last", False)),
+    )
+
+
+def batch_images(
+    batched_inputs: List[Dict[str, torch.Tensor]],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    size_divisibility: int,
+    padding_constraints: Dict[str, int],
+    channels_last: bool,
+) -> ImageList:
+    """:func:`normalize_and_batch` from plain values (what scripted models call): each
+    input's "image" moved to ``pixel_mean``'s device, ``(x - pixel_mean) / pixel_std``, padded
+    into one ``ImageList`` (``size_divisibility``, ``padding_constraints``), NHWC when
+    ``channels_last``."""
     images = []
     for i, item in enumerate(batched_inputs):
         if "image" not in item:
-            raise KeyError(
-                f"Batched input {i} has no 'image' key (keys: {sorted(item)}); each input dict "
-                "needs the (C, H, W) image tensor under 'image'."
-            )
-        images.append(move_device_like(item["image"], module.pixel_mean))
-    images = [(x - module.pixel_mean) / module.pixel_std for x in images]
+            if not torch.jit.is_scripting():
+                raise KeyError(
+                    f"Batched input {i} has no 'image' key (keys: {sorted(item)}); each input "
+                    "dict needs the (C, H, W) image tensor under 'image'."
+                )
+            raise KeyError("A batched input has no 'image' key.")
+        images.append(move_device_like(item["image"], pixel_mean))
+    images = [(x - pixel_mean) / pixel_std for x in images]
     batch = ImageList.from_tensors(
         images,
-        backbone.size_divisibility,
-        padding_constraints=backbone.padding_constraints,
+        size_divisibility,
+        padding_constraints=padding_constraints,
     )
-    if getattr(module, "channels_last", False):
+    if channels_last:
         batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
     return batch
 
@@ -94,6 +115,7 @@ def input_config(cfg) -> Dict:
     }
 
 
+@torch.jit.unused  # (the property's setter: Python only, never in scripted code)
 def set_winograd_conv(model: nn.Module, enabled: bool) -> None:
     """Turn Winograd/GEMM convolutions on or off in every conv of ``model`` except the
     backbone's bottom-up network (left on oneDNN, channels-last when asked), or the whole
@@ -104,13 +126,20 @@ def set_winograd_conv(model: nn.Module, enabled: bool) -> None:
     enable_winograd_conv(model, enabled, exclude=(skip,))
 
 
+def _get_winograd_conv(self) -> bool:
+    return self._winograd_conv
+
+
+def _get_device(self) -> torch.device:
+    return self.pixel_mean.device
+
+
+# Getters written as functions (not lambdas) so that TorchScript can compile them.
 winograd_conv_property = property(
-    lambda self: self._winograd_conv,
+    _get_winograd_conv,
     set_winograd_conv,
     doc="Whether CPU convolutions outside the bottom-up net use Winograd/GEMM kernels "
     "(MODEL.WINOGRAD_CONV); setting it switches every such conv of the model.",
 )
 
-device_property = property(
-    lambda self: self.pixel_mean.device, doc="The device of the model (that of ``pixel_mean``)."
-)
+device_property = property(_get_device, doc="The device of the model (that of ``pixel_mean``).")

@@ -30,6 +30,7 @@ from ..proposal_generator import build_proposal_generator
 from ..registries import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
 from .model_inputs import (
+    batch_images,
     device_property,
     input_config,
     normalize_and_batch,
@@ -156,13 +157,16 @@ class GeneralizedRCNN(nn.Module):
             return features
         return {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
 
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+    def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> ImageList:
         """Move each input's "image" to the model's device, normalise it with
         ``(x - pixel_mean) / pixel_std`` and pad them into one batch (bottom/right zero padding
         to the backbone's size divisibility / padding constraints)."""
-        return normalize_and_batch(self, batched_inputs, self.backbone)
+        return batch_images(
+            batched_inputs, self.pixel_mean, self.pixel_std, self.backbone.size_divisibility,
+            self.backbone.padding_constraints, self.channels_last,
+        )
 
-    def forward(self, batched_inputs: List[Dict]):
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Args:
             batched_inputs: one dict per image, see the module docstring.
 
@@ -197,7 +201,9 @@ class GeneralizedRCNN(nn.Module):
         losses.update(proposal_losses)
         return losses
 
-    def _precomputed_proposals(self, batched_inputs: List[Dict]) -> List[Instances]:
+    def _precomputed_proposals(
+        self, batched_inputs: List[Dict[str, torch.Tensor]]
+    ) -> List[Instances]:
         if "proposals" not in batched_inputs[0]:
             raise KeyError(
                 "The model has no proposal generator (MODEL.PROPOSAL_GENERATOR.NAME = "
@@ -208,7 +214,7 @@ class GeneralizedRCNN(nn.Module):
 
     def inference(
         self,
-        batched_inputs: List[Dict],
+        batched_inputs: List[Dict[str, torch.Tensor]],
         detected_instances: Optional[List[Instances]] = None,
         do_postprocess: bool = True,
     ):
@@ -242,13 +248,18 @@ class GeneralizedRCNN(nn.Module):
             results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
 
         if do_postprocess:
-            return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
+            if not torch.jit.is_scripting():
+                return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
+            raise RuntimeError(
+                "A scripted GeneralizedRCNN returns raw detections: call "
+                "inference(inputs, do_postprocess=False), then detector_postprocess in Python."
+            )
         return results
 
     @staticmethod
     def _postprocess(
         instances: List[Instances],
-        batched_inputs: List[Dict],
+        batched_inputs: List[Dict[str, torch.Tensor]],
         image_sizes: List[Tuple[int, int]],
     ) -> List[Dict[str, Instances]]:
         """Rescale each image's results from the network input size (``image_sizes``) to the

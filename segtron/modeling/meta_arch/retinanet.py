@@ -254,10 +254,10 @@ class RetinaNet(DenseDetector):
         """One ``Instances`` (pred_boxes, scores, pred_classes) per image, in the network
         input's size, boxes not clipped (``detector_postprocess`` clips them)."""
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4]
+            [predictions[0], predictions[1]], [self.num_classes, 4]
         )
         anchors = self.anchor_generator(features)
-        results = []
+        results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
             scores = [x[i].sigmoid() for x in pred_logits]
             deltas = [x[i] for x in pred_anchor_deltas]
@@ -414,11 +414,14 @@ class RetinaNetHead(nn.Module):
             logits: L tensors (N, A * K, Hi, Wi); deltas: L tensors (N, A * 4, Hi, Wi).
         """
         if len(features) != self._num_features:
-            raise ValueError(
-                f"{type(self).__name__} was built for {self._num_features} levels, got "
-                f"{len(features)} feature maps."
-            )
-        logits, deltas = [], []
+            if not torch.jit.is_scripting():
+                raise ValueError(
+                    f"{type(self).__name__} was built for {self._num_features} levels, got "
+                    f"{len(features)} feature maps."
+                )
+            raise ValueError("The head got another number of feature maps than it was built for.")
+        logits: List[torch.Tensor] = []
+        deltas: List[torch.Tensor] = []
         for feature in features:
             logits.append(self.cls_score(self.cls_subnet(feature)))
             deltas.append(self.bbox_pred(self.bbox_subnet(feature)))

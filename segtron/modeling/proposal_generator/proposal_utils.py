@@ -26,8 +26,8 @@ _GT_LOGIT = math.log(_GT_PROB / (1.0 - _GT_PROB))
 
 
 def select_top_per_level(
-    proposals: Sequence[torch.Tensor],
-    pred_objectness_logits: Sequence[torch.Tensor],
+    proposals: List[torch.Tensor],
+    pred_objectness_logits: List[torch.Tensor],
     num_images: int,
     pre_nms_topk: int,
     box_dim: int,
@@ -47,6 +47,41 @@ def select_top_per_level(
         scores (N, R), boxes (N, R, box_dim) and level ids (R,) int64 of the R kept
         candidates, level 0 first, each level's by decreasing logit.
     """
+    if not torch.jit.is_scripting():
+        _check_levels(proposals, pred_objectness_logits, num_images, box_dim, caller)
+    device = proposals[0].device
+    batch_idx = torch.arange(num_images, device=device)
+
+    level_scores: List[torch.Tensor] = []
+    level_boxes: List[torch.Tensor] = []
+    level_ids: List[torch.Tensor] = []
+    for level in range(len(proposals)):
+        boxes_i, logits_i = proposals[level], pred_objectness_logits[level]
+        sorted_logits, order = logits_i.sort(descending=True, dim=1)
+        if not torch.jit.is_scripting() and torch.jit.is_tracing():
+            # Traced: the candidate count follows the (traced) number of anchors of the level.
+            num_keep = torch.clamp(torch.as_tensor(logits_i.shape[1]), max=int(pre_nms_topk))
+            top_logits, top_idx = sorted_logits[:, :num_keep], order[:, :num_keep]
+            ids = torch.full((num_keep,), level, dtype=torch.int64, device=device)
+        else:
+            num_keep = min(int(pre_nms_topk), logits_i.shape[1])
+            top_logits, top_idx = sorted_logits[:, :num_keep], order[:, :num_keep]
+            ids = torch.full((num_keep,), level, dtype=torch.int64, device=device)
+        level_scores.append(top_logits)
+        level_boxes.append(boxes_i[batch_idx[:, None], top_idx])  # (N, num_keep, box_dim)
+        level_ids.append(ids)
+    return cat(level_scores, dim=1), cat(level_boxes, dim=1), cat(level_ids, dim=0)
+
+
+def _check_levels(
+    proposals: List[torch.Tensor],
+    pred_objectness_logits: List[torch.Tensor],
+    num_images: int,
+    box_dim: int,
+    caller: str,
+) -> None:
+    """ValueError naming ``caller`` unless there are as many levels of proposals as of logits
+    (at least one), shaped (N, Ai, box_dim) and (N, Ai) with N = ``num_images``."""
     if len(proposals) != len(pred_objectness_logits):
         raise ValueError(
             f"{caller}: got {len(proposals)} levels of proposals but "
@@ -55,10 +90,6 @@ def select_top_per_level(
         )
     if len(proposals) == 0:
         raise ValueError(f"{caller}: no feature levels given.")
-    device = proposals[0].device
-    batch_idx = torch.arange(num_images, device=device)
-
-    level_scores, level_boxes, level_ids = [], [], []
     for level, (boxes_i, logits_i) in enumerate(zip(proposals, pred_objectness_logits)):
         if boxes_i.dim() != 3 or boxes_i.shape[-1] != box_dim or logits_i.dim() != 2:
             raise ValueError(
@@ -71,24 +102,12 @@ def select_top_per_level(
                 f"logits {tuple(logits_i.shape)} for {num_images} image sizes; the first two "
                 "dims must agree and equal (num_images, Ai)."
             )
-        if torch.jit.is_tracing():
-            # Traced: the candidate count follows the (traced) number of anchors of the level.
-            num_keep = torch.clamp(torch.as_tensor(logits_i.shape[1]), max=int(pre_nms_topk))
-        else:
-            num_keep = min(int(pre_nms_topk), logits_i.shape[1])
-        sorted_logits, order = logits_i.sort(descending=True, dim=1)
-        top_logits = sorted_logits[:, :num_keep]
-        top_idx = order[:, :num_keep]
-        level_scores.append(top_logits)
-        level_boxes.append(boxes_i[batch_idx[:, None], top_idx])  # (N, num_keep, box_dim)
-        level_ids.append(torch.full((num_keep,), level, dtype=torch.int64, device=device))
-    return cat(level_scores, dim=1), cat(level_boxes, dim=1), cat(level_ids, dim=0)
 
 
 def find_top_rpn_proposals(
-    proposals: Sequence[torch.Tensor],
-    pred_objectness_logits: Sequence[torch.Tensor],
-    image_sizes: Sequence[Tuple[int, int]],
+    proposals: List[torch.Tensor],
+    pred_objectness_logits: List[torch.Tensor],
+    image_sizes: List[Tuple[int, int]],
     nms_thresh: float,
     pre_nms_topk: int,
     post_nms_topk: int,

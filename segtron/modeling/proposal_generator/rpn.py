@@ -34,6 +34,16 @@ __all__ = ["RPN_HEAD_REGISTRY", "build_rpn_head", "StandardRPNHead", "RPN"]
 logger = logging.getLogger(__name__)
 
 
+def _check_features_present(in_features: List[str], features: Dict[str, torch.Tensor]) -> None:
+    """KeyError naming the MODEL.RPN.IN_FEATURES missing from the backbone's ``features``."""
+    missing = [f for f in in_features if f not in features]
+    if missing:
+        raise KeyError(
+            f"RPN: features {missing} (MODEL.RPN.IN_FEATURES) are missing from the backbone "
+            f"output, which has {sorted(features)}."
+        )
+
+
 def build_rpn_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
     """Build the RPN head named by ``cfg.MODEL.RPN.HEAD_NAME`` from ``RPN_HEAD_REGISTRY``.
 
@@ -388,12 +398,8 @@ class RPN(nn.Module):
                 most ``post_nms_topk`` each, by decreasing logit (no gradient).
             losses: {"loss_rpn_cls", "loss_rpn_loc"} in training, else {}.
         """
-        missing = [f for f in self.in_features if f not in features]
-        if missing:
-            raise KeyError(
-                f"RPN: features {missing} (MODEL.RPN.IN_FEATURES) are missing from the backbone "
-                f"output, which has {sorted(features)}."
-            )
+        if not torch.jit.is_scripting():
+            _check_features_present(self.in_features, features)
         feature_list = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feature_list)
         logits, deltas = self.rpn_head(feature_list)

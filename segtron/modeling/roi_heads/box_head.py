@@ -95,7 +95,17 @@ class FastRCNNConvFCHead(nn.Sequential):
             "conv_norm": head.NORM,
         }
 
-    def forward(self, x):
+    __jit_unused_properties__ = ["output_shape"]  # Python only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._forward_eager(x)
+        for layer in self:  # TorchScript (inference export): the layers in order
+            x = layer(x)
+        return x
+
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward outside TorchScript (fc1 reads channels-last maps directly)."""
         for layer in self:
             if isinstance(layer, nn.Flatten) and _nhwc_inference(x):
                 continue  # fc1 reads the NHWC map itself, below

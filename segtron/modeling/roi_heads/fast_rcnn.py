@@ -8,7 +8,7 @@ background is the last class, index K), B = 4 box coordinates.
 """
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 def fast_rcnn_inference(
-    boxes: Sequence[torch.Tensor],
-    scores: Sequence[torch.Tensor],
-    image_shapes: Sequence[Tuple[int, int]],
+    boxes: List[torch.Tensor],
+    scores: List[torch.Tensor],
+    image_shapes: List[Tuple[int, int]],
     score_thresh: float,
     nms_thresh: float,
     topk_per_image: int,

@@ -17,7 +17,7 @@ from torch import nn
 
 from ...config import configurable
 from ...layers import ShapeSpec
-from ...structures import Boxes, Instances
+from ...structures import Boxes, ImageList, Instances
 from ..backbone.resnet import BottleneckBlock, ResNet
 from ..feature_names import check_in_features
 from ..poolers import ROIPooler
@@ -210,6 +210,10 @@ class StandardROIHeads(ROIHeads):
     predicted on the final detections.
     """
 
+    # Constants for TorchScript: the scripted code keeps only the enabled branches.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
+
     @configurable
     def __init__(
         self,
@@ -346,7 +350,13 @@ class StandardROIHeads(ROIHeads):
             "keypoint_head": build_keypoint_head(cfg, shape),
         }
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
         """See :meth:`ROIHeads.forward`. Training returns the sampled proposals and the losses
         ``loss_cls``, ``loss_box_reg`` (+ ``loss_mask``, ``loss_keypoint`` when enabled)."""
         del images
@@ -374,7 +384,8 @@ class StandardROIHeads(ROIHeads):
         Returns:
             the same ``Instances`` objects, with the new fields.
         """
-        _check_given_boxes(self, instances)
+        if not torch.jit.is_scripting():
+            _check_given_boxes(self, instances)
         instances = self._forward_mask(features, instances)
         return self._forward_keypoint(features, instances)
 
