@@ -231,8 +231,8 @@ def _evaluate_predictions_on_lvis(lvis_gt, lvis_results: List[Dict[str, Any]], i
     LVIS's federated matching at IoU 0.5, area "all": pooled over categories and, when
     ``class_names`` has one name per json category (in id order, more than one), per category.
     LVIS reports no per-category AP; with LVIS's 1203 categories the per-category points go to
-    ``<output_dir>/operating_points_<task>.csv`` instead of the results. For "segm" the detections' mask areas decide the
-    small/medium/large split. Without results every metric is NaN (with a warning) and no
+    ``<output_dir>/operating_points_<task>.csv`` instead of the results. For "segm" the
+    detections' mask areas decide the small/medium/large split. Without results every metric is NaN (with a warning) and no
     operating point is reported.
     """
     max_dets = _DEFAULT_MAX_DETS if max_dets_per_image is None else max_dets_per_image
