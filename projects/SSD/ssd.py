@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from segtron.config import configurable
 from segtron.layers import batched_nms_topk, cat, move_device_like
+from segtron.layers.execution import to_input_layout
 from segtron.modeling import META_ARCH_REGISTRY
 from segtron.modeling.backbone import Backbone, build_backbone
 from segtron.modeling.box_regression import Box2BoxTransform
@@ -197,9 +198,7 @@ class SSD(DenseDetector):
                     image[None], size=size, mode="bilinear", align_corners=False
                 )[0]
             images.append(image)
-        batch = torch.stack(images)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = to_input_layout(torch.stack(images), self.channels_last)
         return ImageList(batch, [size] * len(images))
 
     def _flat_predictions(

@@ -8,7 +8,7 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_align
 
 from .roi_align_nhwc import roi_align_nhwc
-from .wrappers import is_channels_last
+from .execution import uses_nhwc_roi_align
 
 __all__ = ["ROIAlign", "roi_align"]
 
@@ -29,8 +29,8 @@ class ROIAlign(nn.Module):
 
     ``forward(input (N, C, H, W), rois (K, 5)) -> (K, C, output_h, output_w)`` where each row
     of ``rois`` is (batch index, x0, y0, x1, y1). ``rois`` are cast to ``input``'s dtype.
-    Channels-last CPU inputs use :func:`roi_align_nhwc` (same values up to float rounding);
-    others use torchvision's kernel.
+    Channels-last CPU inputs use :func:`roi_align_nhwc` (same values up to float rounding;
+    ``layers.execution.uses_nhwc_roi_align`` decides); others use torchvision's kernel.
     """
 
     def __init__(
@@ -69,10 +69,8 @@ class ROIAlign(nn.Module):
             out_h, out_w = _pair(self.output_size)
             # Keep the graph connected so backward through an empty batch works.
             return input.new_zeros((0, input.shape[1], out_h, out_w)) + input.sum() * 0
-        if input.device.type == "cpu" and is_channels_last(input) and not torch.jit.is_tracing():
-            # NHWC features (MODEL.CHANNELS_LAST): a multi-threaded sparse product, no NCHW copy.
-            # Not while tracing: its sampling grid depends on the boxes (frozen in a trace),
-            # and torchvision's op is the one with an ONNX export.
+        if uses_nhwc_roi_align(input):
+            # NHWC CPU features (MODEL.CHANNELS_LAST): a multi-threaded sparse product.
             return roi_align_nhwc(input, rois, _pair(self.output_size), self.spatial_scale,
                                   self.sampling_ratio, self.aligned)
         return roi_align(

@@ -12,7 +12,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .winograd import pointwise_conv_nchw, winograd_applies, winograd_conv3x3
+from .execution import (
+    POINTWISE,
+    WINOGRAD,
+    conv_plan,
+    enable_winograd_conv,
+    is_channels_last,
+)
+from .winograd import pointwise_conv_nchw, winograd_conv3x3
 
 __all__ = [
     "BatchNorm2d",
@@ -135,15 +142,6 @@ cross_entropy.__doc__ = (
 )
 
 
-def is_channels_last(x: torch.Tensor) -> bool:
-    """True for a 4-D tensor stored NHWC (and not also NCHW-contiguous, as 1x1 maps are)."""
-    return (
-        x.dim() == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not x.is_contiguous()
-    )
-
-
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` followed by an optional normalisation and activation.
 
@@ -151,15 +149,16 @@ class Conv2d(nn.Conv2d):
 
     - ``norm``: a module (e.g. from :func:`get_norm`) or None, applied to the conv output. It is
       a sub-module named ``norm`` so its state-dict keys are ``<conv>.norm.*`` as in Detectron2.
-      With autograd enabled or a channels-last input, a norm with a ``fold_into_conv(weight,
-      bias)`` method (``FrozenBatchNorm2d``) is folded into the convolution instead of being
-      applied to its output (the same function up to float rounding, one pass less).
+      A norm with a ``fold_into_conv(weight, bias)`` method (``FrozenBatchNorm2d``) may be
+      folded into the convolution instead of being applied to its output (the same function up
+      to float rounding, one pass less); when is decided by ``layers.execution.conv_plan``.
     - ``activation``: a callable (e.g. ``F.relu``) or None, applied after ``norm``.
 
     Attribute ``winograd`` (default False; set by :func:`enable_winograd_conv`): on CPU,
     3x3 stride-1 convs with enough channels run NNPACK's Winograd kernels and 1x1 stride-1 convs
-    one matrix product, both writing NCHW outputs, in inference and training (see
-    ``layers/winograd.py``); elsewhere the flag changes nothing. A ReLU activation is applied
+    one matrix product, both writing NCHW outputs, in inference and training (the choice is
+    ``conv_plan``'s, the kernels are in ``layers/winograd.py``); elsewhere the flag changes
+    nothing. A ReLU activation is applied
     in place on the conv's output.
 
     ``forward(x (N, C_in, H, W)) -> (N, C_out, H', W')``. Empty batches (N=0) work in eval
@@ -195,58 +194,30 @@ class Conv2d(nn.Conv2d):
                 f"(input shape {tuple(x.shape)}). Use norm='naiveSyncBN_N' (NaiveSyncBatchNorm "
                 "with stats_mode='N') for batches that can be empty on some ranks."
             )
-        fold = getattr(self.norm, "fold_into_conv", None)
-        # No norm, or one folded into the weights: the output is the convolution's alone.
-        conv_only = fold is not None or self.norm is None
+        plan = conv_plan(self, x)  # kernel and norm folding: layers/execution.py
+        weight, bias = self.weight, self.bias
+        if plan.fold_norm:
+            # A per-channel affine norm (FrozenBatchNorm2d) folded into the conv's weight and
+            # bias: one pass over the output instead of two.
+            weight, bias = self.norm.fold_into_conv(weight, bias)
+        if plan.kernel == POINTWISE:
+            x = pointwise_conv_nchw(x, weight, bias)
+        elif plan.kernel == WINOGRAD:
+            x = winograd_conv3x3(x, weight, bias, self.padding)
+        else:
+            x = self._conv_forward(x, weight, bias)
+        if self.norm is not None and not plan.fold_norm:
+            x = self.norm(x)
         # In-place activation is safe on a fresh conv output that no backward needs: always
         # without autograd, and with it when only the conv (which keeps its input, not its
         # output) produced it.
-        inplace = conv_only or not torch.is_grad_enabled()
-        if self.winograd and conv_only and winograd_applies(self, x):
-            weight, bias = self.weight, self.bias
-            if fold is not None:
-                weight, bias = fold(weight, bias)
-            if self.kernel_size == (1, 1):
-                x = pointwise_conv_nchw(x, weight, bias)
-            else:
-                x = winograd_conv3x3(x, weight, bias, self.padding)
-        elif fold is not None and (torch.is_grad_enabled() or is_channels_last(x)):
-            # A norm that is an affine map per channel (FrozenBatchNorm2d) is folded into the
-            # conv's weight and bias: one pass over the output instead of two. Done in training
-            # and for channels-last inputs (MODEL.CHANNELS_LAST, already not bit-exact); plain
-            # inference keeps Detectron2's exact sequence (conv, then batch_norm).
-            x = self._conv_forward(x, *fold(self.weight, self.bias))
-        else:
-            x = self._conv_forward(x, self.weight, self.bias)
-            if self.norm is not None:
-                x = self.norm(x)
+        inplace = plan.fold_norm or self.norm is None or not torch.is_grad_enabled()
         if self.activation is not None:
             if inplace and _is_relu(self.activation):
                 x = x.relu_()  # the conv's own fresh output: no copy of a large map
             else:
                 x = self.activation(x)
         return x
-
-
-def enable_winograd_conv(module: nn.Module, enabled: bool = True, exclude=()) -> int:
-    """Set ``winograd`` on every segtron :class:`Conv2d` under ``module``.
-
-    Args:
-        module: the root module.
-        enabled: the value to set.
-        exclude: names of sub-modules (as in ``named_modules``) whose convs are left alone,
-            e.g. ``("backbone.bottom_up",)`` to keep a channels-last ResNet on oneDNN.
-    Returns:
-        the number of convs whose flag was set.
-    """
-    count = 0
-    for name, child in module.named_modules():
-        if any(name == e or name.startswith(e + ".") for e in exclude):
-            continue
-        if isinstance(child, Conv2d):
-            child.winograd = bool(enabled)
-            count += 1
-    return count
 
 
 def _is_relu(activation: Callable) -> bool:

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.ops import RoIPool
 
 from ..layers import ROIAlign, ROIAlignRotated, cat, shapes_to_tensor
-from ..layers.wrappers import is_channels_last
+from ..layers.execution import new_pooled_output
 from ..structures import Boxes, RotatedBoxes
 
 __all__ = ["ROIPooler", "assign_boxes_to_levels", "convert_boxes_to_pooler_format"]
@@ -221,13 +221,8 @@ class ROIPooler(nn.Module):
             order = torch.argsort(levels, stable=True)
             counts: List[int] = torch.bincount(levels, minlength=num_levels).tolist()
             level_inds = order.split(counts)
-        # Channels-last features (MODEL.CHANNELS_LAST) give channels-last pooled features: the
-        # mask head's convolutions then run NHWC too (faster on CPU); a box head that flattens
-        # reads them in the usual (C, H, W) order either way.
-        layout = torch.channels_last if is_channels_last(x[0]) else torch.contiguous_format
         # Every box belongs to exactly one level, so every row is written below: no zero fill.
-        output = torch.empty((rois.shape[0], channels, out_h, out_w), dtype=x[0].dtype,
-                             device=x[0].device, memory_format=layout)
+        output = new_pooled_output(x[0], (rois.shape[0], channels, out_h, out_w))
         for level, pooler in enumerate(self.level_poolers):
             # Every level is pooled, even with no boxes, so all levels stay in the graph.
             inds = level_inds[level]

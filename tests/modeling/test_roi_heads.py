@@ -435,11 +435,13 @@ def test_box_head_reads_nhwc_maps_as_a_convolution_in_inference():
     nhwc = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = head(x)
+        assert head._fc1_on_map.cached_kernel is None  # NCHW: the plain flatten + linear
         calls = []
         original = head.flatten.forward
         head.flatten.forward = lambda t: calls.append(1) or original(t)
         out = head(nhwc)
     assert not calls, "the NHWC map went through the flatten copy"
+    assert head._fc1_on_map.cached_kernel is not None, "fc1 did not run as a convolution"
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(head(nhwc), head(x))  # with autograd: the usual flatten + linear
 
@@ -454,12 +456,12 @@ def test_box_head_nhwc_kernel_follows_weight_updates():
     nhwc = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         head(nhwc)
-        kernel = head._nhwc_kernel_cache[1]
+        kernel = head._fc1_on_map.cached_kernel
         head(nhwc)
-        assert head._nhwc_kernel_cache[1] is kernel  # reused while the weight is unchanged
+        assert head._fc1_on_map.cached_kernel is kernel  # reused while the weight is unchanged
         head.fc1.weight.mul_(2.0)
         torch.testing.assert_close(head(nhwc), head(x), rtol=1e-5, atol=1e-6)
         head.load_state_dict({k: v * 0.5 for k, v in head.state_dict().items()})
         torch.testing.assert_close(head(nhwc), head(x), rtol=1e-5, atol=1e-6)
     head.train()
-    assert head._nhwc_kernel_cache is None
+    assert head._fc1_on_map.cached_kernel is None

@@ -16,7 +16,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...layers import enable_winograd_conv, move_device_like
+from ...layers import move_device_like
+from ...layers.execution import set_model_winograd_conv, to_input_layout
 from ...structures import ImageList
 from ..backbone import Backbone
 
@@ -92,8 +93,7 @@ def batch_images(
         size_divisibility,
         padding_constraints=padding_constraints,
     )
-    if channels_last:
-        batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+    batch.tensor = to_input_layout(batch.tensor, channels_last)
     return batch
 
 
@@ -117,13 +117,11 @@ def input_config(cfg) -> Dict:
 
 @torch.jit.unused  # (the property's setter: Python only, never in scripted code)
 def set_winograd_conv(model: nn.Module, enabled: bool) -> None:
-    """Turn Winograd/GEMM convolutions on or off in every conv of ``model`` except the
-    backbone's bottom-up network (left on oneDNN, channels-last when asked), or the whole
-    backbone when it has no ``bottom_up`` (e.g. a plain ResNet). Records the state in
-    ``model._winograd_conv``."""
+    """Turn Winograd/GEMM convolutions on or off in the convs of ``model`` that
+    ``layers.execution.set_model_winograd_conv`` covers (all but the backbone's bottom-up
+    network). Records the state in ``model._winograd_conv``."""
     model._winograd_conv = bool(enabled)
-    skip = "backbone.bottom_up" if hasattr(model.backbone, "bottom_up") else "backbone"
-    enable_winograd_conv(model, enabled, exclude=(skip,))
+    set_model_winograd_conv(model, enabled)
 
 
 def _get_winograd_conv(self) -> bool:

@@ -22,6 +22,7 @@ from torch import nn
 
 from ...config import configurable
 from ...data.detection_utils import convert_image_to_rgb
+from ...layers.execution import features_for_roi_pooling
 from ...structures import ImageList, Instances
 from ...utils.events import get_event_storage
 from ..backbone import Backbone, build_backbone
@@ -151,11 +152,9 @@ class GeneralizedRCNN(nn.Module):
         )
 
     def _features_for_roi_heads(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """With both CHANNELS_LAST and WINOGRAD_CONV the FPN and RPN ran on NCHW maps; the ROI
-        poolers read NHWC maps faster, so the maps are converted once for all ROI heads."""
-        if not (self.winograd_conv and self.channels_last):
-            return features
-        return {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
+        """The maps the ROI heads pool from, in the layout ``features_for_roi_pooling`` picks
+        for this model's CHANNELS_LAST / WINOGRAD_CONV."""
+        return features_for_roi_pooling(features, self.channels_last, self.winograd_conv)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> ImageList:
         """Move each input's "image" to the model's device, normalise it with

@@ -9,11 +9,10 @@ import numpy as np
 import torch
 from fvcore.nn import weight_init
 from torch import nn
-from torch.nn import functional as F
 
 from ...config import configurable
 from ...layers import Conv2d, ShapeSpec, get_norm
-from ...layers.wrappers import is_channels_last
+from ...layers.execution import LinearOnMap
 from ..registries import ROI_BOX_HEAD_REGISTRY
 
 __all__ = ["FastRCNNConvFCHead", "build_box_head", "ROI_BOX_HEAD_REGISTRY"]
@@ -83,7 +82,7 @@ class FastRCNNConvFCHead(nn.Sequential):
         for layer in self.fcs:
             weight_init.c2_xavier_fill(layer)
         self._output_size = out_shape
-        self._nhwc_kernel_cache = None  # (key, kernel), see _nhwc_kernel
+        self._fc1_on_map = LinearOnMap()  # fc1 on the pooled (R, C, H, W) map
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -105,33 +104,19 @@ class FastRCNNConvFCHead(nn.Sequential):
         return x
 
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
-        """The forward outside TorchScript (fc1 reads channels-last maps directly)."""
+        """The forward outside TorchScript: fc1 flattens the map itself (``LinearOnMap``:
+        NHWC maps are read without a copy in inference)."""
         for layer in self:
-            if isinstance(layer, nn.Flatten) and _nhwc_inference(x):
-                continue  # fc1 reads the NHWC map itself, below
-            if isinstance(layer, nn.Linear) and x.dim() == 4:
-                # fc1 on an NHWC map (MODEL.CHANNELS_LAST) as one convolution with a kernel the
-                # size of the map: the same sums, without first copying the map to (C, H, W)
-                # order for the flatten (~25% faster for 1000 boxes of 256x7x7).
-                x = F.conv2d(x, self._nhwc_kernel(layer, x.shape[1:]), layer.bias).flatten(1)
+            if isinstance(layer, nn.Flatten):
+                continue  # done by fc1, below
+            if self.fcs and layer is self.fcs[0]:
+                x = self._fc1_on_map(layer, x)
             else:
                 x = layer(x)
         return x
 
-    def _nhwc_kernel(self, fc: nn.Linear, map_shape) -> torch.Tensor:
-        """``fc``'s weight as a channels-last (out, C, H, W) kernel for a (C, H, W) map. Kept
-        between inference calls while the weight tensor is unchanged (same storage and
-        version counter): oneDNN would otherwise reorder it on every call (51 MB for the FPN
-        default, ~35 ms). Dropped by ``train()``."""
-        weight = fc.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(map_shape))
-        if self._nhwc_kernel_cache is None or self._nhwc_kernel_cache[0] != key:
-            kernel = weight.detach().view(fc.out_features, *map_shape)
-            self._nhwc_kernel_cache = (key, kernel.contiguous(memory_format=torch.channels_last))
-        return self._nhwc_kernel_cache[1]
-
     def train(self, mode: bool = True):
-        self._nhwc_kernel_cache = None
+        self._fc1_on_map.clear()  # the kept NHWC kernel of fc1
         return super().train(mode)
 
     @property
@@ -142,13 +127,6 @@ class FastRCNNConvFCHead(nn.Sequential):
         if isinstance(out, int):
             return ShapeSpec(channels=out)
         return ShapeSpec(channels=out[0], height=out[1], width=out[2])
-
-
-def _nhwc_inference(x: torch.Tensor) -> bool:
-    # Not while tracing: the kernel's shape would come from traced sizes, which the ONNX
-    # export of a convolution cannot take; the traced graph uses the plain flatten + fc1.
-    return (not torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and x.device.type == "cpu" and is_channels_last(x))
 
 
 def build_box_head(cfg, input_shape: ShapeSpec) -> nn.Module:

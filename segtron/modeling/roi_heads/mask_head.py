@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ...config import configurable
 from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
-from ...layers.wrappers import is_channels_last
+from ...layers.execution import is_channels_last, mask_deconv_input
 from ...structures import Instances
 from ...utils.events import get_event_storage
 from ..registries import ROI_MASK_HEAD_REGISTRY
@@ -230,12 +230,10 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
         return ret
 
     def layers(self, x):
-        nhwc = is_channels_last(x)
+        pooled_nhwc = is_channels_last(x)
         for layer in self:
-            if layer is self.deconv and nhwc and not is_channels_last(x):
-                # The Winograd convs (MODEL.WINOGRAD_CONV) write NCHW; the transposed conv and
-                # the predictor run 2x faster NHWC (the layout the pooled features came in).
-                x = x.contiguous(memory_format=torch.channels_last)
+            if layer is self.deconv:
+                x = mask_deconv_input(x, pooled_nhwc)
             x = layer(x)
         return x
 
