@@ -14,7 +14,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segtron-env-complete
 # The clone itself is imported from its source tree, so several clones can share one environment.
 RUN := PYTHONPATH=$(CURDIR) $(PY)
-PYTEST_ARGS ?= -n 2
+# worksteal: an idle worker takes queued tests from the busy one (the suite has a few long
+# end-to-end tests, which would otherwise leave one core idle at the end).
+PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: env test demo demo-run clean-env print-env
 

@@ -48,6 +48,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each row first")
     parser.add_argument("--size", type=int, nargs=2, default=(HEIGHT, WIDTH),
                         metavar=("H", "W"), help="image size (both models keep it)")
     add_device_arguments(parser)
@@ -80,7 +81,7 @@ def main(argv=None):
     times = time_interleaved(
         {"torchvision": run_torchvision,
          **segtron_candidates(segtron_model, run_segtron, device)},
-        repeats=args.repeats, synchronize=synchronizer(device),
+        repeats=args.repeats, warmup=args.warmup, synchronize=synchronizer(device),
     )
     precision = "fp16 autocast" if args.amp else "float32"
     print(f"Mask R-CNN R50-FPN inference, {height}x{width}, batch 1, {precision} "

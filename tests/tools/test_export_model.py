@@ -40,13 +40,22 @@ def _load_tool():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(datasets root, weights path): small shapes splits (SEGTRON_DATASETS points at them
-    for the module's tests) and a model trained on them for a few iterations by
-    train_net.py."""
+def small_datasets(tmp_path_factory):
+    """A datasets root with small shapes splits (8 train, 4 val images of 128 px);
+    SEGTRON_DATASETS points at it for the module's tests."""
     root = tmp_path_factory.mktemp("datasets")
     prepare_shapes_split(str(root / "shapes"), "train", 8, 0, image_size=128, num_workers=1)
     prepare_shapes_split(str(root / "shapes"), "val", 4, 1, image_size=128, num_workers=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGTRON_DATASETS", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def trained(small_datasets, tmp_path_factory):
+    """(datasets root, weights path): a model trained on ``small_datasets`` for a few
+    iterations by train_net.py."""
+    root = small_datasets
     out = tmp_path_factory.mktemp("train")
     env = dict(os.environ, SEGTRON_DATASETS=str(root), OMP_NUM_THREADS="1")
     result = subprocess.run(
@@ -56,9 +65,7 @@ def trained(tmp_path_factory):
         cwd=str(out), env=env, capture_output=True, text=True, timeout=400,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SEGTRON_DATASETS", str(root))
-        yield root, out / "model_final.pth"
+    return root, out / "model_final.pth"
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +124,19 @@ def test_onnx_export_matches_predictor_and_eval(trained, eager_results, tmp_path
     _assert_same_metrics(results, eager_results)
 
 
-@pytest.mark.slow
-def test_torchscript_export_runs_eval_like_the_model(trained, eager_results, tmp_path,
-                                                     restore_logging):
-    _, weights = trained
+def test_torchscript_export_traces_on_the_first_test_image(small_datasets, tmp_path,
+                                                           restore_logging):
+    """Without --sample-image the model (random weights here) is traced on the first image of
+    DATASETS.TEST[0] (uint8, from the test loader) and model.ts plus its IR dump are written.
+    (--run-eval is checked with ONNX above; the TorchScript and ONNX round trips themselves in
+    tests/export.)"""
     tool = _load_tool()
     out = tmp_path / "export"
-    # No --sample-image: traced on the first image of DATASETS.TEST[0] (uint8 from the loader).
-    results = tool.main(["--format", "torchscript", "--config-file", DEMO_CONFIG, "--run-eval",
-                         "--output", str(out), *SMALL, "MODEL.WEIGHTS", str(weights)])
-    assert isinstance(torch.jit.load(str(out / "model.ts")), torch.jit.ScriptModule)
-    _assert_same_metrics(results, eager_results)
-
-
+    tool.main(["--format", "torchscript", "--config-file", DEMO_CONFIG, "--output", str(out),
+               *SMALL, "MODEL.WEIGHTS", ""])
+    traced = torch.jit.load(str(out / "model.ts"))
+    assert isinstance(traced, torch.jit.ScriptModule)
+    assert (out / "model_ts_code.txt").stat().st_size > 0  # dump_torchscript_IR ran
 @pytest.mark.parametrize("flags, message", [
     (["--format", "caffe2"], "no Caffe2 export"),
     (["--export-method", "caffe2_tracing"], "no Caffe2 export"),
