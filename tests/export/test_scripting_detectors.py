@@ -2,11 +2,6 @@
 adapters): the saved TorchScript file runs in a fresh process (torch + torchvision only) and
 matches the eager model on two images of different content and size."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
@@ -15,38 +10,17 @@ from segtron.export.torchscript import detectron2_export_fields, scriptable_adap
 from segtron.modeling import GeneralizedRCNN
 from segtron.structures import Boxes, Instances
 
-from .ts_models import IMAGE_A_HW, IMAGE_B_HW, assert_same_instances, images, tiny_model
-
-# The scripted module takes Detectron2's batched inputs: a list of {"image": tensor}.
-_RUNNER = textwrap.dedent(
-    """
-    import sys
-    import torch, torchvision  # torchvision registers the nms / roi_align ops
-    model = torch.jit.load(sys.argv[1])
-    images = torch.load(sys.argv[2])
-    with torch.no_grad():
-        outputs = [model([{"image": image}])[0] for image in images]
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("segtron", "detectron2"))
-    assert not loaded, loaded
-    torch.save(outputs, sys.argv[3])
-    """
+from .ts_models import (
+    IMAGE_A_HW,
+    IMAGE_B_HW,
+    assert_same_instances,
+    images,
+    run_fresh,
+    tiny_model,
 )
 
-
-def _run_scripted_fresh(ts_path, inputs, workdir):
-    """Run the scripted file on each image in a new process without segtron on its path;
-    returns one {field: tensor} per image."""
-    in_path, out_path = workdir / "inputs.pt", workdir / "outputs.pt"
-    torch.save(list(inputs), in_path)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(ts_path), str(in_path), str(out_path)],
-        cwd=str(workdir), env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out_path)
-
+# The scripted module takes Detectron2's batched inputs: a list of {"image": tensor}.
+_SCRIPTED_CALL = 'model([{"image": image}])[0]'
 
 def _eager_raw(model, image):
     """What the scripted adapter computes, from the eager model: raw detections in the network
@@ -69,7 +43,7 @@ def _check_scripted(model, tmp_path, expected_fields):
     ts_path = tmp_path / "model.ts"
     torch.jit.save(scripted, str(ts_path))
     image_a, image_b = images()
-    outputs = _run_scripted_fresh(ts_path, [image_a, image_b], tmp_path)
+    outputs = run_fresh(ts_path, [image_a, image_b], tmp_path, call=_SCRIPTED_CALL)
     counts = []
     for image, fields, hw in zip((image_a, image_b), outputs, (IMAGE_A_HW, IMAGE_B_HW)):
         assert sorted(fields) == sorted(expected_fields)

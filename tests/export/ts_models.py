@@ -65,7 +65,7 @@ _RUNNER = textwrap.dedent(
     model = torch.jit.load(sys.argv[1])
     images = torch.load(sys.argv[2])
     with torch.no_grad():
-        outputs = [tuple(model(image)) for image in images]
+        outputs = [CALL for image in images]
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("segtron", "detectron2"))
     assert not loaded, loaded
     torch.save(outputs, sys.argv[3])
@@ -73,15 +73,21 @@ _RUNNER = textwrap.dedent(
 )
 
 
-def run_fresh(ts_path: Path, inputs: Sequence[torch.Tensor], workdir: Path) -> List[tuple]:
+def run_fresh(ts_path: Path, inputs: Sequence[torch.Tensor], workdir: Path,
+              call: str = "tuple(model(image))") -> List:
     """Run the saved TorchScript file on each input in a new Python process that imports only
-    torch and torchvision (cwd outside the repo, no PYTHONPATH); returns the flat outputs."""
+    torch and torchvision (cwd outside the repo, no PYTHONPATH); returns one result per input.
+
+    ``call`` is the Python expression run per input (``model`` and ``image`` in scope): by
+    default a traced adapter's flat outputs; a scripted detector takes
+    ``model([{"image": image}])[0]``."""
     in_path, out_path = workdir / "inputs.pt", workdir / "outputs.pt"
     torch.save(list(inputs), in_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(ts_path), str(in_path), str(out_path)],
+        [sys.executable, "-c", _RUNNER.replace("CALL", call), str(ts_path), str(in_path),
+         str(out_path)],
         cwd=str(workdir), env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
