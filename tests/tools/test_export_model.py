@@ -137,6 +137,30 @@ def test_torchscript_export_traces_on_the_first_test_image(small_datasets, tmp_p
     traced = torch.jit.load(str(out / "model.ts"))
     assert isinstance(traced, torch.jit.ScriptModule)
     assert (out / "model_ts_code.txt").stat().st_size > 0  # dump_torchscript_IR ran
+
+
+def test_tracer_warnings_are_counted_not_printed(small_datasets, tmp_path, restore_logging):
+    import logging
+    import warnings
+
+    tool = _load_tool()
+    argv = ["--format", "torchscript", "--config-file", DEMO_CONFIG, *SMALL, "MODEL.WEIGHTS", ""]
+    messages = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("segtron.tools.export_model").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tool.main(["--output", str(tmp_path / "quiet"), *argv])
+    finally:
+        logging.getLogger("segtron.tools.export_model").removeHandler(handler)
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert any("TracerWarnings while tracing" in m for m in messages), messages
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tool.main(["--output", str(tmp_path / "loud"), "--show-tracer-warnings", *argv])
+    assert [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
 @pytest.mark.parametrize("flags, message", [
     (["--format", "caffe2"], "no Caffe2 export"),
     (["--export-method", "caffe2_tracing"], "no Caffe2 export"),

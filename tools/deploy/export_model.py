@@ -33,10 +33,12 @@ segtron does not have.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+import warnings
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -95,6 +97,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              "done in Python, see above)")
     parser.add_argument("--output", required=True,
                         help="output directory for the converted model")
+    parser.add_argument("--show-tracer-warnings", action="store_true",
+                        help="print torch's TracerWarnings one by one (by default they are "
+                             "counted in one log line)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS m.pth")
     return parser.parse_args(argv)
@@ -148,6 +153,27 @@ def get_sample_inputs(cfg, sample_image: Optional[str]) -> List[Dict[str, Any]]:
     image = aug.get_transform(original).apply_image(original)
     image = torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1)))
     return [{"image": image, "height": height, "width": width}]
+
+
+@contextlib.contextmanager
+def summarized_tracer_warnings(show: bool) -> Iterator[None]:
+    """Collect torch's TracerWarnings raised inside (unless ``show``) and log how many there
+    were in one line: tracing any detector raises dozens ("Converting a tensor to a Python
+    boolean ...") for Python code that runs on the traced sizes, which says nothing about
+    whether the export is right; the round-trip tests are what check that."""
+    if show:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        yield
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    for other in caught:
+        if not issubclass(other.category, torch.jit.TracerWarning):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    if tracer:
+        logger.info("torch raised %d TracerWarnings while tracing (Python code run on the traced "
+                    "sizes; expected); --show-tracer-warnings prints them.", len(tracer))
 
 
 def export_tracing(model, inputs: List[Dict[str, Any]], args) -> ExportedModel:
@@ -230,7 +256,8 @@ def main(argv: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
         export_scripting(model, args)
         return None
     inputs = get_sample_inputs(cfg, args.sample_image)
-    exported = export_tracing(model, inputs, args)
+    with summarized_tracer_warnings(args.show_tracer_warnings):
+        exported = export_tracing(model, inputs, args)
     if args.run_eval:
         return run_eval(cfg, exported, args.output)
     return None
