@@ -104,7 +104,7 @@ def main(argv=None):
     segtron_model.to(device).train()
     tv_optimizer = torch.optim.SGD(torchvision_model.parameters(), lr=1e-3, momentum=0.9)
     st_optimizer = torch.optim.SGD(segtron_model.parameters(), lr=1e-3, momentum=0.9)
-    scalers = {"torchvision": grad_scaler(device, args.amp)}
+    scalers = {}  # one GradScaler per row (--amp), made on its first step
     losses_seen = {}
 
     def step(name, optimizer, compute_losses):
@@ -113,7 +113,9 @@ def main(argv=None):
             losses = compute_losses()
         total = sum(losses.values())
         optimizer.zero_grad()
-        scaler = scalers.setdefault(name, grad_scaler(device, args.amp))
+        if name not in scalers:
+            scalers[name] = grad_scaler(device, args.amp)
+        scaler = scalers[name]
         if scaler is None:
             total.backward()
             optimizer.step()

@@ -268,6 +268,25 @@ def _fpn_from_config(cfg, bottom_up: Backbone, top_block: nn.Module) -> FPN:
     )
 
 
+def retinanet_fpn_from_config(cfg, bottom_up: Backbone, source: str) -> FPN:
+    """An FPN over ``bottom_up`` (see ``_fpn_from_config``) with RetinaNet's
+    :class:`LastLevelP6P7` top block fed by ``res5``.
+
+    Args:
+        source: the setting that decides ``bottom_up``'s outputs, named in the error.
+    Raises:
+        ValueError: when ``bottom_up`` has no ``res5`` output.
+    """
+    shapes = bottom_up.output_shape()
+    if "res5" not in shapes:
+        raise ValueError(
+            f"RetinaNet's FPN feeds P6/P7 from res5 (stride 32), but {source} gives "
+            f"{list(shapes)}; add the stride-32 level (res5) to the backbone's outputs."
+        )
+    top_block = LastLevelP6P7(shapes["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
+    return _fpn_from_config(cfg, bottom_up, top_block)
+
+
 @BACKBONE_REGISTRY.register()
 def build_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """ResNet (``build_resnet_backbone``) + FPN with a :class:`LastLevelMaxPool` top block.
@@ -292,15 +311,10 @@ def build_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     Returns:
         an :class:`FPN` with outputs p3..p7 for RetinaNet's ``res3..res5`` in_features.
     """
-    bottom_up = build_resnet_backbone(cfg, input_shape)
-    shapes = bottom_up.output_shape()
-    if "res5" not in shapes:
-        raise ValueError(
-            "build_retinanet_resnet_fpn_backbone feeds P6/P7 from res5, but "
-            f"MODEL.RESNETS.OUT_FEATURES={list(cfg.MODEL.RESNETS.OUT_FEATURES)} has no 'res5'."
-        )
-    top_block = LastLevelP6P7(shapes["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
-    return _fpn_from_config(cfg, bottom_up, top_block)
+    return retinanet_fpn_from_config(
+        cfg, build_resnet_backbone(cfg, input_shape),
+        f"MODEL.RESNETS.OUT_FEATURES={list(cfg.MODEL.RESNETS.OUT_FEATURES)}",
+    )
 
 
 @BACKBONE_REGISTRY.register()

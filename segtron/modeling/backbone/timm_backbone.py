@@ -13,7 +13,7 @@ from torch import nn
 from ...layers import FrozenBatchNorm2d, ShapeSpec
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY
-from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7, _fpn_from_config
+from .fpn import FPN, LastLevelMaxPool, _fpn_from_config, retinanet_fpn_from_config
 
 __all__ = [
     "TimmBackbone",
@@ -240,13 +240,7 @@ def build_timm_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
 def build_timm_retinanet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """:func:`build_timm_backbone` + FPN with a :class:`LastLevelP6P7` top block fed by
     ``res5`` (RetinaNet): outputs p3..p7 for ``res3..res5`` in_features."""
-    bottom_up = _timm_from_config(cfg, input_shape)
-    shapes = bottom_up.output_shape()
-    if "res5" not in shapes:
-        raise ValueError(
-            "build_timm_retinanet_fpn_backbone feeds P6/P7 from res5 (stride 32), but "
-            f"{cfg.MODEL.TIMM.NAME!r} with MODEL.TIMM.OUT_INDICES="
-            f"{list(cfg.MODEL.TIMM.OUT_INDICES)} gives {list(shapes)}."
-        )
-    top_block = LastLevelP6P7(shapes["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
-    return _fpn_from_config(cfg, bottom_up, top_block)
+    return retinanet_fpn_from_config(
+        cfg, _timm_from_config(cfg, input_shape),
+        f"{cfg.MODEL.TIMM.NAME!r} with MODEL.TIMM.OUT_INDICES={list(cfg.MODEL.TIMM.OUT_INDICES)}",
+    )
