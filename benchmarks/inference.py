@@ -11,7 +11,8 @@ segtron runs three ways: by default (Detectron2's exact operations), with MODEL.
 / GEMM convolutions in the FPN, RPN and mask head).
 Reports the median of several interleaved runs and segtron's time as a ratio of torchvision's.
 On a GPU (``--device cuda``, optionally ``--amp`` for fp16 autocast) every run is timed between
-two CUDA synchronisations, and the Winograd row is left out (CPU-only kernels).
+two CUDA synchronisations, the Winograd row is left out (CPU-only kernels), and a row replays
+the backbone and RPN from CUDA graphs (TEST.CUDA_GRAPHS; its first warm-up run captures).
 
 Run from the repository root::
 
@@ -41,6 +42,8 @@ from benchmarks.torchvision_peer import (  # noqa: E402
 )
 
 TARGET_RATIO = 0.55
+# GPU only: Detectron2's operations, the static part replayed from a CUDA graph.
+CUDA_GRAPHS_ROW = "segtron + TEST.CUDA_GRAPHS"
 HEIGHT, WIDTH = 800, 1067
 
 
@@ -74,13 +77,21 @@ def main(argv=None):
         counts["torchvision"] = (len(out["boxes"]), tuple(out["masks"].shape[-2:]))
 
     def run_segtron(name):
+        segtron_model.cuda_graphs = name == CUDA_GRAPHS_ROW  # the other rows run eagerly
         with torch.inference_mode(), autocast(device, args.amp):
             out = segtron_model(st_input)[0]["instances"]
         counts[name] = (len(out), tuple(out.pred_masks.shape[-2:]))
 
+    candidates = {"torchvision": run_torchvision,
+                  **segtron_candidates(segtron_model, run_segtron, device)}
+    if device.type == "cuda":
+        def run_graphed():
+            segtron_model.channels_last = segtron_model.winograd_conv = False
+            return run_segtron(CUDA_GRAPHS_ROW)
+
+        candidates[CUDA_GRAPHS_ROW] = run_graphed
     times = time_interleaved(
-        {"torchvision": run_torchvision,
-         **segtron_candidates(segtron_model, run_segtron, device)},
+        candidates,
         repeats=args.repeats, warmup=args.warmup, synchronize=synchronizer(device),
     )
     precision = "fp16 autocast" if args.amp else "float32"

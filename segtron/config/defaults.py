@@ -445,6 +445,13 @@ _C.TEST.AUG.FLIP = True
 _C.TEST.PRECISE_BN = CN({"ENABLED": False})
 _C.TEST.PRECISE_BN.NUM_ITER = 200
 
+# segtron: on a GPU, R-CNN inference replays its static-shape part (backbone, RPN head, anchor
+# decoding, per-level top-k) as a CUDA graph, one per input size, instead of launching each
+# kernel: the same kernels, so the same numbers. Costs a capture per new size (up to MAX_SHAPES;
+# later sizes run eagerly) and the memory of each graph's buffers. No effect on CPU.
+_C.TEST.CUDA_GRAPHS = CN({"ENABLED": False})
+_C.TEST.CUDA_GRAPHS.MAX_SHAPES = 8
+
 # -----------------------------------------------------------------------------
 # Misc
 # -----------------------------------------------------------------------------
@@ -478,5 +485,5 @@ SEGTRON_ADDED_KEYS = (
     "MODEL_EMA.ENABLED", "MODEL_EMA.DECAY", "MODEL_EMA.DECAY_RAMP_ITERS",
     "DIST.TIMEOUT_MINUTES",
     "MODEL.TIMM.NAME", "MODEL.TIMM.OUT_INDICES", "MODEL.TIMM.PRETRAINED", "MODEL.TIMM.NORM",
-    "MODEL.TIMM.DROP_PATH_RATE",
+    "MODEL.TIMM.DROP_PATH_RATE", "TEST.CUDA_GRAPHS.ENABLED", "TEST.CUDA_GRAPHS.MAX_SHAPES",
 )

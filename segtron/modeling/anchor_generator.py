@@ -16,10 +16,11 @@ ordered for each size, for each aspect ratio, for each angle (angle innermost), 
 ``(x, y, 0, 0, 0)``.
 """
 
+import collections
 import collections.abc
 import copy
 import math
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -42,6 +43,39 @@ _CFG_KEYS = {
     "aspect_ratios": "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
     "angles": "MODEL.ANCHOR_GENERATOR.ANGLES",
 }
+
+
+class _AnchorCache:
+    """The anchors of the last few grid sizes (8), so that a generator called again on maps of
+    the same sizes (every image of a fixed-size benchmark, most training batches) reuses them
+    instead of launching its ~15 small ops per level again. Keyed by the grid sizes, devices,
+    inference mode and the cell anchors' identity and version (so ``.to()`` and in-place edits
+    are seen). Empty after copying or pickling."""
+
+    _MAX_ENTRIES = 8
+
+    def __init__(self):
+        self._entries: "collections.OrderedDict[Tuple, List[torch.Tensor]]" = (
+            collections.OrderedDict()
+        )
+
+    def __getstate__(self):
+        return {"_entries": collections.OrderedDict()}
+
+    def __deepcopy__(self, memo):
+        return _AnchorCache()
+
+    def get(self, key: Tuple, compute) -> List[torch.Tensor]:
+        """The entry for ``key``, made with ``compute()`` on a miss."""
+        anchors = self._entries.get(key)
+        if anchors is None:
+            anchors = compute()
+            self._entries[key] = anchors
+            if len(self._entries) > self._MAX_ENTRIES:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return anchors
 
 
 class BufferList(nn.Module):
@@ -144,6 +178,7 @@ class DefaultAnchorGenerator(nn.Module):
                 f"[0, 1) as a fraction of the stride, got {offset}."
             )
         self.offset = float(offset)
+        self._anchor_cache = _AnchorCache()
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -160,6 +195,7 @@ class DefaultAnchorGenerator(nn.Module):
         """What ``torch.jit.script`` compiles: a copy holding the cell anchors as a list of
         tensors (TorchScript cannot iterate a ``BufferList``)."""
         scriptable = copy.deepcopy(self)
+        del scriptable._anchor_cache  # Python only
         cells = list(scriptable.cell_anchors)
         del scriptable.cell_anchors
         scriptable.cell_anchors = cells
@@ -253,10 +289,29 @@ class DefaultAnchorGenerator(nn.Module):
                 )
             raise ValueError("The anchor generator got another number of feature maps.")
         grid_sizes = [list(f.shape[-2:]) for f in features]
-        anchors = self._grid_anchors(grid_sizes, [f.device for f in features])
+        devices = [f.device for f in features]
         if not torch.jit.is_scripting():
+            if torch.jit.is_tracing():  # a traced graph computes anchors from the map sizes
+                anchors = self._grid_anchors(grid_sizes, devices)
+            else:
+                anchors = self._cached_grid_anchors(grid_sizes, devices)
             return [self._box_class(a) for a in anchors]
-        return [Boxes(a) for a in anchors]
+        return [Boxes(a) for a in self._grid_anchors(grid_sizes, devices)]
+
+    @torch.jit.unused
+    def _cached_grid_anchors(
+        self, grid_sizes: List[List[int]], devices: List[torch.device]
+    ) -> List[torch.Tensor]:
+        """``_grid_anchors``, reused while the sizes, devices, mode and cell anchors stay."""
+        key = (
+            tuple(tuple(int(v) for v in size) for size in grid_sizes),
+            tuple(devices),
+            torch.is_inference_mode_enabled(),
+            tuple((c.data_ptr(), c._version, c.dtype, c.device) for c in self.cell_anchors),
+            self.offset,
+            tuple(self.strides),
+        )
+        return self._anchor_cache.get(key, lambda: self._grid_anchors(grid_sizes, devices))
 
 
 @ANCHOR_GENERATOR_REGISTRY.register()

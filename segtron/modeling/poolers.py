@@ -85,9 +85,11 @@ def convert_boxes_to_pooler_format(box_lists: List[Boxes]) -> torch.Tensor:
     tensors = [_box_tensor(b) for b in box_lists]
     boxes = torch.cat(tensors, dim=0)
     counts = shapes_to_tensor([t.shape[0] for t in tensors], device=boxes.device)
-    batch_index = torch.repeat_interleave(
-        torch.arange(len(tensors), dtype=boxes.dtype, device=boxes.device), counts
-    )
+    image_index = torch.arange(len(tensors), dtype=boxes.dtype, device=boxes.device)
+    if torch.jit.is_tracing():  # a traced graph keeps the box count dynamic
+        batch_index = torch.repeat_interleave(image_index, counts)
+    else:  # the output size is known on the host: without it, a GPU would sync here
+        batch_index = torch.repeat_interleave(image_index, counts, output_size=boxes.shape[0])
     return torch.cat([batch_index[:, None], boxes], dim=1)
 
 

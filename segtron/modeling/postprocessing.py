@@ -69,7 +69,8 @@ def detector_postprocess(
     fields = dict(results.get_fields())
     fields[box_field] = boxes
     out = Instances(new_size, **fields)
-    out = out[boxes.nonempty()]
+    # One nonzero for all fields (a boolean mask would cost one host sync per field on a GPU).
+    out = out[torch.nonzero(boxes.nonempty()).squeeze(1)]
 
     if out.has("pred_masks"):
         masks = out.pred_masks

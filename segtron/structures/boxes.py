@@ -236,15 +236,16 @@ class Boxes:
         t = self.tensor
         return (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])
 
-    def clip(self, box_size: Tuple[int, int]) -> None:
+    def clip(self, box_size: Tuple[int, int], check_finite: bool = True) -> None:
         """Clip in place: x to [0, width], y to [0, height].
 
         Args:
             box_size: (height, width) of the clipping region, e.g. the image size.
-
-        Raises ``ValueError`` if any coordinate is NaN or infinite.
+            check_finite: raise ``ValueError`` if any coordinate is NaN or infinite (a
+                device-to-host sync on GPUs). Callers that drop non-finite boxes themselves
+                pass False: NaN then stays NaN and an infinity becomes the bound.
         """
-        if not bool(torch.isfinite(self.tensor).all()):
+        if check_finite and not bool(torch.isfinite(self.tensor).all()):
             raise ValueError(
                 "Boxes.clip: the box tensor contains NaN or infinite values; check the box "
                 "regression (exploding deltas) or the annotations that produced these boxes."

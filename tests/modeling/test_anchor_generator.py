@@ -161,3 +161,44 @@ def test_cuda_anchors_match_cpu():
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         torch.testing.assert_close(a.tensor, b.tensor.cpu(), rtol=0, atol=1e-5)
+
+
+def _two_level_generator():
+    return DefaultAnchorGenerator(sizes=[[32], [64]], aspect_ratios=[0.5, 1.0, 2.0],
+                                  strides=[8, 16])
+
+
+def test_repeated_sizes_reuse_anchors_and_changes_recompute_them():
+    gen = _two_level_generator()
+    maps = [torch.zeros(1, 1, 5, 7), torch.zeros(1, 1, 3, 4)]
+    first = [b.tensor for b in gen(maps)]
+    again = [b.tensor for b in gen(maps)]
+    assert all(a is b for a, b in zip(first, again)), "same sizes: the anchors are reused"
+    fresh = DefaultAnchorGenerator._grid_anchors(gen, [[5, 7], [3, 4]], [torch.device("cpu")] * 2)
+    assert all(torch.equal(a, f) for a, f in zip(first, fresh))
+
+    other = [b.tensor for b in gen([torch.zeros(1, 1, 6, 7), torch.zeros(1, 1, 3, 4)])]
+    assert other[0].shape[0] == 6 * 7 * 3 and other[0] is not first[0]
+
+    with torch.no_grad():
+        next(iter(gen.cell_anchors)).mul_(2)  # an in-place edit of the cell anchors is seen
+    edited = gen(maps)[0].tensor
+    assert edited is not first[0]
+    assert torch.equal(edited, DefaultAnchorGenerator._grid_anchors(
+        gen, [[5, 7], [3, 4]], [torch.device("cpu")] * 2)[0])
+
+    with torch.inference_mode():
+        in_inference = gen(maps)[0].tensor
+    assert in_inference.is_inference() and not gen(maps)[0].tensor.is_inference()
+
+
+def test_anchor_cache_is_bounded_and_not_copied():
+    import copy
+    import pickle
+
+    gen = _two_level_generator()
+    for h in range(1, 12):
+        gen([torch.zeros(1, 1, h, 4), torch.zeros(1, 1, 2, 2)])
+    assert len(gen._anchor_cache._entries) == 8
+    assert len(copy.deepcopy(gen)._anchor_cache._entries) == 0
+    assert len(pickle.loads(pickle.dumps(gen))._anchor_cache._entries) == 0

@@ -39,6 +39,7 @@ from .model_inputs import (
     register_pixel_stats,
     winograd_conv_property,
 )
+from .static_graphs import StaticDenseGraphs, cuda_graphs_property
 
 __all__ = ["GeneralizedRCNN", "ProposalNetwork"]
 
@@ -69,6 +70,8 @@ class GeneralizedRCNN(nn.Module):
         vis_period: int = 0,
         channels_last: bool = False,
         winograd_conv: bool = False,
+        cuda_graphs: bool = False,
+        cuda_graphs_max_shapes: int = 8,
     ):
         """Args:
             backbone: maps the (N, C, H, W) normalised batch to named feature maps.
@@ -87,6 +90,12 @@ class GeneralizedRCNN(nn.Module):
                 Winograd kernels (3x3) and as matrix products (1x1), writing NCHW maps; the
                 bottom-up network is unchanged (MODEL.WINOGRAD_CONV, ``layers/winograd.py``).
                 A settable attribute, like ``channels_last``.
+            cuda_graphs: in inference on a GPU, replay the backbone and the RPN's static part
+                (head, anchors, decoding, per-level top-k) as one CUDA graph per input size
+                (TEST.CUDA_GRAPHS.ENABLED; ``static_graphs.py``); same outputs. A settable
+                attribute. Needs an RPN-style proposal generator (``top_candidates``).
+            cuda_graphs_max_shapes: input sizes captured at most; others run eagerly
+                (TEST.CUDA_GRAPHS.MAX_SHAPES).
         """
         super().__init__()
         self.backbone = backbone
@@ -102,11 +111,14 @@ class GeneralizedRCNN(nn.Module):
                 "to draw the images."
             )
         register_pixel_stats(self, pixel_mean, pixel_std)
+        self.dense_graphs = StaticDenseGraphs(cuda_graphs_max_shapes)
+        self._cuda_graphs = bool(cuda_graphs)
 
     @classmethod
     def from_config(cls, cfg):
         """Backbone, proposal generator and ROI heads from their registries; MODEL.PIXEL_MEAN /
-        PIXEL_STD, MODEL.CHANNELS_LAST, MODEL.WINOGRAD_CONV, INPUT.FORMAT and VIS_PERIOD."""
+        PIXEL_STD, MODEL.CHANNELS_LAST, MODEL.WINOGRAD_CONV, INPUT.FORMAT, VIS_PERIOD and
+        TEST.CUDA_GRAPHS."""
         backbone = build_backbone(cfg)
         output_shape = backbone.output_shape()
         return {
@@ -115,11 +127,14 @@ class GeneralizedRCNN(nn.Module):
             "roi_heads": build_roi_heads(cfg, output_shape),
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
+            "cuda_graphs": cfg.TEST.CUDA_GRAPHS.ENABLED,
+            "cuda_graphs_max_shapes": cfg.TEST.CUDA_GRAPHS.MAX_SHAPES,
             **input_config(cfg),
         }
 
     winograd_conv = winograd_conv_property
     device = device_property
+    cuda_graphs = cuda_graphs_property
 
     def visualize_training(self, batched_inputs: List[Dict], proposals: List[Instances]) -> None:
         """Put one picture into the event storage, as Detectron2 does every VIS_PERIOD
@@ -233,6 +248,9 @@ class GeneralizedRCNN(nn.Module):
         if self.training:
             raise RuntimeError("GeneralizedRCNN.inference needs eval mode; call model.eval().")
         images = self.preprocess_image(batched_inputs)
+        if not torch.jit.is_scripting():  # (a block TorchScript skips)
+            if detected_instances is None and self.dense_graphs.applies(self):
+                return self._inference_with_graphs(batched_inputs, images, do_postprocess)
         features = self.backbone(images.tensor)
 
         if detected_instances is None:
@@ -245,7 +263,27 @@ class GeneralizedRCNN(nn.Module):
         else:
             detected_instances = [x.to(self.device) for x in detected_instances]
             results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
+        return self._finish_inference(results, batched_inputs, images, do_postprocess)
 
+    @torch.jit.unused
+    def _inference_with_graphs(
+        self, batched_inputs: List[Dict[str, torch.Tensor]], images: ImageList,
+        do_postprocess: bool,
+    ):
+        """``inference`` with the static part from CUDA graphs (TEST.CUDA_GRAPHS)."""
+        features, proposals = self.dense_graphs.features_and_proposals(self, images)
+        features = self._features_for_roi_heads(features)
+        results, _ = self.roi_heads(images, features, proposals, None)
+        return self._finish_inference(results, batched_inputs, images, do_postprocess)
+
+    def _finish_inference(
+        self,
+        results: List[Instances],
+        batched_inputs: List[Dict[str, torch.Tensor]],
+        images: ImageList,
+        do_postprocess: bool,
+    ):
+        """``inference``'s return value: the results resized per input, or as they are."""
         if do_postprocess:
             if not torch.jit.is_scripting():
                 return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)

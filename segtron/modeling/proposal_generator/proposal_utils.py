@@ -15,7 +15,12 @@ import torch
 from ...layers import batched_nms, cat
 from ...structures import Boxes, Instances
 
-__all__ = ["find_top_rpn_proposals", "add_ground_truth_to_proposals"]
+__all__ = [
+    "find_top_rpn_proposals",
+    "add_ground_truth_to_proposals",
+    "nms_top_candidates",
+    "select_top_per_level",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +153,38 @@ def find_top_rpn_proposals(
         proposals, pred_objectness_logits, len(image_sizes), pre_nms_topk, box_dim=4,
         caller="find_top_rpn_proposals",
     )
+    return nms_top_candidates(
+        all_scores, all_boxes, all_levels, image_sizes, nms_thresh, post_nms_topk,
+        min_box_size, training,
+    )
+
+
+def nms_top_candidates(
+    all_scores: torch.Tensor,
+    all_boxes: torch.Tensor,
+    all_levels: torch.Tensor,
+    image_sizes: List[Tuple[int, int]],
+    nms_thresh: float,
+    post_nms_topk: int,
+    min_box_size: float,
+    training: bool,
+) -> List[Instances]:
+    """Step 3 of :func:`find_top_rpn_proposals`, on what :func:`select_top_per_level` returns.
+
+    This is the part whose output size depends on the data (filtering and NMS); the steps
+    before it have static shapes for a given input size, so they can be captured in a CUDA
+    graph and this part run after it.
+
+    Args:
+        all_scores: (N, R) logits of the candidates of each image.
+        all_boxes: (N, R, 4) their XYXY boxes.
+        all_levels: (R,) int64 level of each candidate.
+        image_sizes, nms_thresh, post_nms_topk, min_box_size, training: as in
+            :func:`find_top_rpn_proposals`.
+
+    Returns:
+        N ``Instances``, as :func:`find_top_rpn_proposals`.
+    """
     results: List[Instances] = []
     for n, image_size in enumerate(image_sizes):
         boxes = Boxes(all_boxes[n])
@@ -155,18 +192,19 @@ def find_top_rpn_proposals(
         levels = all_levels
 
         finite = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
+        if training and not bool(finite.all()):
+            raise FloatingPointError(
+                "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+            )
+        # Clipping a non-finite box can make it finite, so ``finite`` is taken before the
+        # clip (in place, on this function's candidates); dropping the non-finite and the
+        # too-small boxes together keeps Detectron2's set of boxes (filter, clip, filter) with
+        # one host sync instead of two.
+        boxes.clip(image_size, check_finite=False)
+        valid = finite & boxes.nonempty(threshold=min_box_size)
         # Traced graphs always filter: a branch taken on the tracing input would be frozen.
-        if torch.jit.is_tracing() or not bool(finite.all()):
-            if training:
-                raise FloatingPointError(
-                    "Predicted boxes or scores contain Inf/NaN. Training has diverged."
-                )
-            boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
-        boxes.clip(image_size)
-
-        big_enough = boxes.nonempty(threshold=min_box_size)
-        if torch.jit.is_tracing() or not bool(big_enough.all()):
-            boxes, scores, levels = boxes[big_enough], scores[big_enough], levels[big_enough]
+        if torch.jit.is_tracing() or not bool(valid.all()):
+            boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
 
         keep = batched_nms(boxes.tensor, scores, levels, nms_thresh)
         keep = keep[:post_nms_topk]  # already sorted by decreasing score

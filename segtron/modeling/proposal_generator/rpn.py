@@ -27,7 +27,7 @@ from ..feature_names import check_in_features
 from ..matcher import Matcher
 from ..registries import PROPOSAL_GENERATOR_REGISTRY, RPN_HEAD_REGISTRY
 from ..sampling import subsample_labels
-from .proposal_utils import find_top_rpn_proposals
+from .proposal_utils import nms_top_candidates, select_top_per_level
 
 __all__ = ["RPN_HEAD_REGISTRY", "build_rpn_head", "StandardRPNHead", "RPN"]
 
@@ -382,6 +382,28 @@ class RPN(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
 
+    def _dense_predictions(
+        self, features: Dict[str, torch.Tensor]
+    ) -> Tuple[List[Boxes], List[torch.Tensor], List[torch.Tensor]]:
+        """Anchors, objectness logits (N, Ai) and deltas (N, Ai, B) of every level, in the
+        anchor order (see the module docstring)."""
+        if not torch.jit.is_scripting():
+            _check_features_present(self.in_features, features)
+        feature_list = [features[f] for f in self.in_features]
+        anchors = self.anchor_generator(feature_list)
+        logits, deltas = self.rpn_head(feature_list)
+        box_dim = self.anchor_generator.box_dim
+        # (N, A, H, W) -> (N, H, W, A) -> (N, H*W*A)
+        pred_objectness_logits = [score.permute(0, 2, 3, 1).flatten(1) for score in logits]
+        # (N, A*B, H, W) -> (N, A, B, H, W) -> (N, H, W, A, B) -> (N, H*W*A, B)
+        pred_anchor_deltas = [
+            d.view(d.shape[0], -1, box_dim, d.shape[-2], d.shape[-1])
+            .permute(0, 3, 4, 1, 2)
+            .flatten(1, -2)
+            for d in deltas
+        ]
+        return anchors, pred_objectness_logits, pred_anchor_deltas
+
     def forward(
         self,
         images: ImageList,
@@ -398,22 +420,7 @@ class RPN(nn.Module):
                 most ``post_nms_topk`` each, by decreasing logit (no gradient).
             losses: {"loss_rpn_cls", "loss_rpn_loc"} in training, else {}.
         """
-        if not torch.jit.is_scripting():
-            _check_features_present(self.in_features, features)
-        feature_list = [features[f] for f in self.in_features]
-        anchors = self.anchor_generator(feature_list)
-        logits, deltas = self.rpn_head(feature_list)
-        box_dim = self.anchor_generator.box_dim
-        # (N, A, H, W) -> (N, H, W, A) -> (N, H*W*A)
-        pred_objectness_logits = [score.permute(0, 2, 3, 1).flatten(1) for score in logits]
-        # (N, A*B, H, W) -> (N, A, B, H, W) -> (N, H, W, A, B) -> (N, H*W*A, B)
-        pred_anchor_deltas = [
-            d.view(d.shape[0], -1, box_dim, d.shape[-2], d.shape[-1])
-            .permute(0, 3, 4, 1, 2)
-            .flatten(1, -2)
-            for d in deltas
-        ]
-
+        anchors, pred_objectness_logits, pred_anchor_deltas = self._dense_predictions(features)
         if self.training:
             if gt_instances is None:
                 raise ValueError(
@@ -452,16 +459,53 @@ class RPN(nn.Module):
             image_sizes: N (h, w).
         """
         with torch.no_grad():
+            candidates = self._candidates(anchors, pred_objectness_logits, pred_anchor_deltas)
+            return self.proposals_from_candidates(candidates, image_sizes)
+
+    def _candidates(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[torch.Tensor],
+        pred_anchor_deltas: List[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoded boxes of the top ``pre_nms_topk`` logits of each level (no gradient)."""
+        with torch.no_grad():
             pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
-            return find_top_rpn_proposals(
-                pred_proposals,
-                pred_objectness_logits,
-                image_sizes,
-                self.nms_thresh,
-                self.pre_nms_topk[self.training],
-                self.post_nms_topk[self.training],
-                self.min_box_size,
-                self.training,
+            return select_top_per_level(
+                pred_proposals, pred_objectness_logits, pred_objectness_logits[0].shape[0],
+                self.pre_nms_topk[self.training], box_dim=self.anchor_generator.box_dim,
+                caller="RPN.predict_proposals",
+            )
+
+    def top_candidates(
+        self, features: Dict[str, torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The part of inference with static shapes: head, anchors, box decoding and each
+        level's top ``pre_nms_topk`` (no host sync; for a given input size every output has a
+        fixed shape, so it can be captured in a CUDA graph). ``forward`` in eval mode equals
+        ``proposals_from_candidates(top_candidates(features), image_sizes)``.
+
+        Args:
+            features: feature name -> (N, C, Hi, Wi); must contain every ``in_features`` name.
+
+        Returns:
+            scores (N, R) logits, boxes (N, R, 4) XYXY in input pixels, levels (R,) int64.
+        """
+        anchors, logits, deltas = self._dense_predictions(features)
+        return self._candidates(anchors, logits, deltas)
+
+    def proposals_from_candidates(
+        self,
+        candidates: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> List[Instances]:
+        """Filtering, clipping and NMS of :meth:`top_candidates`' output (data-dependent
+        sizes): N ``Instances`` with ``proposal_boxes`` and ``objectness_logits``."""
+        scores, boxes, levels = candidates
+        with torch.no_grad():
+            return nms_top_candidates(
+                scores, boxes, levels, image_sizes, self.nms_thresh,
+                self.post_nms_topk[self.training], self.min_box_size, self.training,
             )
 
     def _decode_proposals(

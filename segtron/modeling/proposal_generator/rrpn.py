@@ -59,11 +59,26 @@ def find_top_rrpn_proposals(
         N ``Instances`` with ``proposal_boxes`` (``RotatedBoxes``) and ``objectness_logits``,
         by decreasing logit.
     """
-    del training
     all_scores, all_boxes, all_levels = select_top_per_level(
         proposals, pred_objectness_logits, len(image_sizes), pre_nms_topk, box_dim=5,
         caller="find_top_rrpn_proposals",
     )
+    return nms_top_rotated_candidates(
+        all_scores, all_boxes, all_levels, image_sizes, nms_thresh, post_nms_topk, min_box_size
+    )
+
+
+def nms_top_rotated_candidates(
+    all_scores: torch.Tensor,
+    all_boxes: torch.Tensor,
+    all_levels: torch.Tensor,
+    image_sizes: List[Tuple[int, int]],
+    nms_thresh: float,
+    post_nms_topk: int,
+    min_box_size: float,
+) -> List[Instances]:
+    """The per-image steps of :func:`find_top_rrpn_proposals` (filter, clip, rotated NMS) on
+    ``select_top_per_level``'s scores (N, R), boxes (N, R, 5) and levels (R,); same result."""
     results = []
     for n, image_size in enumerate(image_sizes):
         boxes = RotatedBoxes(all_boxes[n])
@@ -121,24 +136,17 @@ class RRPN(RPN):
             )
         return pairwise_iou_rotated(gt_boxes, anchors)
 
-    def predict_proposals(
+    def proposals_from_candidates(
         self,
-        anchors: List[RotatedBoxes],
-        pred_objectness_logits: List[torch.Tensor],
-        pred_anchor_deltas: List[torch.Tensor],
+        candidates: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         image_sizes: List[Tuple[int, int]],
     ) -> List[Instances]:
-        """Decode the deltas and select the top rotated proposals (no gradient); see
+        """Filtering, clipping and rotated NMS of ``top_candidates``' output: N ``Instances``
+        with ``proposal_boxes`` (``RotatedBoxes``) and ``objectness_logits``; see
         :func:`find_top_rrpn_proposals`."""
+        scores, boxes, levels = candidates
         with torch.no_grad():
-            pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
-            return find_top_rrpn_proposals(
-                pred_proposals,
-                pred_objectness_logits,
-                image_sizes,
-                self.nms_thresh,
-                self.pre_nms_topk[self.training],
-                self.post_nms_topk[self.training],
-                self.min_box_size,
-                self.training,
+            return nms_top_rotated_candidates(
+                scores, boxes, levels, image_sizes, self.nms_thresh,
+                self.post_nms_topk[self.training], self.min_box_size,
             )

@@ -93,7 +93,7 @@ def fast_rcnn_inference_single_image(
     # A copy, because Boxes.clip works in place and the decoded boxes may be views of a
     # tensor that autograd tracks.
     flat = Boxes(boxes.reshape(-1, 4).clone())
-    flat.clip(image_shape)
+    flat.clip(image_shape, check_finite=False)  # the non-finite rows are gone
     boxes = flat.tensor.view(-1, num_reg_classes, 4)  # (R, K or 1, 4)
 
     keep_mask = scores > score_thresh  # (R, K)
