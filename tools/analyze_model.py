@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Count a model's FLOPs, activations and parameters, or print its structure: Detectron2's
-``tools/analyze_model.py``, plus ``--input-size`` and ``--module``.
+``tools/analyze_model.py``, plus ``--input-size``, ``--module`` and the ``ops`` task.
 
-``--tasks`` (one or more of flop, activation, parameter, structure) on the model that
+``--tasks`` (one or more of flop, activation, parameter, structure, ops) on the model that
 ``--config-file`` and the ``KEY VALUE`` overrides describe, built as ``train_net.py`` builds
-it (every project under ``projects/`` loaded). FLOPs and activations depend on the input:
+it (every project under ``projects/`` loaded). FLOPs, activations and ops depend on the input:
 they are counted on the first ``-n`` images of ``DATASETS.TEST[0]`` (read and resized as at
 test time) and averaged, or with ``--input-size H W`` on one random image of that size (fed to
-the model as is: no resizing, only the model's own normalization and padding). For those two
+the model as is: no resizing, only the model's own normalization and padding). For those
 tasks ``MODEL.WEIGHTS`` is loaded when set, as in Detectron2 (pass ``MODEL.WEIGHTS ""`` to
 count with random weights: the backbone's count does not depend on them, the heads' can).
 ``--module backbone`` restricts every task to one submodule, fed what inference gives it.
@@ -15,6 +15,20 @@ count with random weights: the backbone's count does not depend on them, the hea
 Counting is fvcore's (``segtron.utils.model_cost.flop_count_analysis``): one fused
 multiply-add is one flop, an inference BatchNorm 2 per element, element-wise ops and NMS 0;
 with ``MODEL.CHANNELS_LAST`` and ``MODEL.WINOGRAD_CONV`` off, as they only change the ops run.
+
+``--tasks ops`` (segtron addition) runs inference on the same inputs under
+``segtron.utils.op_audit.OpAudit`` and prints, per stage (the model's children and
+grandchildren, e.g. ``backbone.bottom_up``, ``roi_heads.box_pooler``, in forward order; the
+model's own pre- and post-processing as ``(model)``), the aten ops dispatched, the kernels
+(those ops that are not views or allocations) and the host syncs. On a GPU each op costs the
+CPU a trip through the dispatcher, each kernel at least one launch, and each sync
+(``.item()``, ``nonzero``, boolean-mask indexing, NMS, device->host copies, ...) leaves the
+GPU idle until the CPU has launched what follows: at batch 1 these numbers bound the speed.
+They are counted on any device, the CPU included, so GPU-path work can be measured without a
+GPU. The table is that of the first input; the mean totals over all inputs follow. With
+``--module`` the whole model still runs and only that submodule's stages are shown. Ops are
+counted with the config's ``MODEL.CHANNELS_LAST`` / ``MODEL.WINOGRAD_CONV`` (they change the
+ops run), unless flop or activation is asked for in the same run.
 
 Examples::
 
@@ -25,6 +39,9 @@ Examples::
         MODEL.WEIGHTS "" MODEL.DEVICE cpu
     python tools/analyze_model.py --tasks flop activation -n 10 \\
         --config-file configs/Shapes/retinanet_R_18_FPN.yaml MODEL.WEIGHTS out/model_final.pth
+    python tools/analyze_model.py --tasks ops --input-size 800 1088 \\
+        --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml \\
+        MODEL.WEIGHTS "" MODEL.DEVICE cpu
 """
 
 import logging
@@ -49,7 +66,7 @@ from segtron.utils.logger import setup_logger  # noqa: E402
 
 logger = logging.getLogger("segtron.tools.analyze_model")
 
-TASKS = ("flop", "activation", "parameter", "structure")
+TASKS = ("flop", "activation", "parameter", "structure", "ops")
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -59,11 +76,11 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument("--tasks", choices=TASKS, required=True, nargs="+",
                         help="what to report (one or more)")
     parser.add_argument("-n", "--num-inputs", default=100, type=int,
-                        help="number of test images FLOPs and activations are averaged over "
-                             "(both depend on the input)")
+                        help="number of test images FLOPs, activations and ops are averaged "
+                             "over (they depend on the input)")
     parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                        help="count FLOPs and activations on one random HxW image instead of "
-                             "test images (segtron addition)")
+                        help="count FLOPs, activations and ops on one random HxW image "
+                             "instead of test images (segtron addition)")
     parser.add_argument("--module", default="",
                         help="analyze only this submodule (dotted path, e.g. 'backbone'), fed "
                              "what inference gives it (segtron addition)")
@@ -91,13 +108,15 @@ def _tasks_first(argv: List[str]) -> List[str]:
 
 
 def setup(args):
-    """The frozen config, built as train_net.py builds it, with data read in this process and
-    segtron's execution-only options off (``MODEL.CHANNELS_LAST``, ``MODEL.WINOGRAD_CONV``):
-    they change which ops run (a norm folded into its conv, Winograd transforms), not the
-    model, so counts stay those of Detectron2's op sequence."""
+    """The frozen config, built as train_net.py builds it, with data read in this process and,
+    when FLOPs or activations are counted, segtron's execution-only options off
+    (``MODEL.CHANNELS_LAST``, ``MODEL.WINOGRAD_CONV``): they change which ops run (a norm
+    folded into its conv, Winograd transforms), not the model, so counts stay those of
+    Detectron2's op sequence. The ``ops`` task alone counts the ops the config runs."""
     cfg = train_net.build_config(args)
     cfg.DATALOADER.NUM_WORKERS = 0
-    for key in ("CHANNELS_LAST", "WINOGRAD_CONV"):
+    keep_options = not set(args.tasks) & {"flop", "activation"}
+    for key in () if keep_options else ("CHANNELS_LAST", "WINOGRAD_CONV"):
         if cfg.MODEL.get(key):
             logger.info("Counting with MODEL.%s False (it changes the ops run, not the model).",
                         key)
@@ -169,6 +188,33 @@ def do_activation(model, inputs, module: str) -> float:
     return float(totals.mean())
 
 
+def do_ops(model, inputs, module: str) -> Dict[str, Any]:
+    """Run inference on every input under ``OpAudit`` (stages: the children and grandchildren
+    of the model, or of ``module`` with only its rows shown); print the table of the first
+    input and the mean ops and host syncs per input. Return ``{"ops", "syncs"}`` (means) and
+    ``"first"``: the first input's ``OpAudit.as_dict()``."""
+    from segtron.utils.op_audit import OpAudit, default_stages
+
+    stages = default_stages(model, root=module)
+    first, ops, syncs = None, [], []
+    for index, item in enumerate(inputs):
+        with OpAudit(model, stages) as audit, torch.no_grad():
+            model([item])
+        total = audit.total(module)
+        ops.append(total.ops)
+        syncs.append(total.syncs)
+        if first is None:
+            first = audit
+        logger.info("ops count %d/%d: %d ops, %d host syncs", index + 1, len(inputs),
+                    total.ops, total.syncs)
+    print("Ops and host syncs per stage, computed from only one input sample:\n"
+          + first.table(module))
+    ops_mean, syncs_mean = float(np.mean(ops)), float(np.mean(syncs))
+    print(f"Average ops: {ops_mean:.1f}±{np.std(ops):.1f}, "
+          f"host syncs: {syncs_mean:.1f}±{np.std(syncs):.1f}")
+    return {"ops": ops_mean, "syncs": syncs_mean, "first": first.as_dict(module)}
+
+
 def do_parameter(model) -> int:
     """Print fvcore's parameter table (5 levels deep) and the exact total; return it."""
     from fvcore.nn import parameter_count_table
@@ -188,13 +234,13 @@ def do_structure(model) -> str:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run the requested tasks; return ``{task: result}`` (GFLOPs, million activations,
-    parameter count, structure text)."""
+    parameter count, structure text, ``do_ops``'s dict)."""
     args = parse_args(argv)
     setup_logger(name="fvcore")
     setup_logger()
     cfg = setup(args)
     model = build_model(cfg).eval()
-    if set(args.tasks) & {"flop", "activation"} and cfg.MODEL.WEIGHTS:
+    if set(args.tasks) & {"flop", "activation", "ops"} and cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     target = model_cost.find_submodule(model, args.module) if args.module else model
     results: Dict[str, Any] = {}
@@ -204,6 +250,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             inputs = inputs if inputs is not None else model_inputs(cfg, args)
             count = do_flop if task == "flop" else do_activation
             results[task] = count(model, inputs, args.module)
+        elif task == "ops":
+            inputs = inputs if inputs is not None else model_inputs(cfg, args)
+            results[task] = do_ops(model, inputs, args.module)
         elif task == "parameter":
             results[task] = do_parameter(target)
         else:

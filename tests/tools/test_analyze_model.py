@@ -100,6 +100,40 @@ def test_test_images_and_whole_model(run, tmp_path):
     assert "Total GFlops:" in out
 
 
+def test_ops_per_stage(run):
+    """The ops task on the whole tiny RetinaNet, then on its stem alone."""
+    results, out = run("--tasks", "ops", "--input-size", 64, 64, "--config-file", RETINANET,
+                       *TINY)
+    ops = results["ops"]
+    stages = {s["stage"]: s for s in ops["first"]["stages"]}
+    assert ops["ops"] == ops["first"]["total"]["ops"] == sum(s["ops"] for s in stages.values())
+    assert ops["syncs"] == sum(s["syncs"] for s in stages.values()) > 0
+    backbone = [s for name, s in stages.items() if name.split(".")[0] == "backbone"]
+    assert sum(s["ops"] for s in backbone) > 0 and all(s["syncs"] == 0 for s in backbone)
+    # Inference decodes each of the 5 levels (P3-P7) apart, each with a nonzero on the scores
+    # above the threshold, in the meta-architecture itself; detector_postprocess takes one more
+    # to drop boxes left empty after resizing.
+    assert stages["(model)"]["sync_counts"]["aten::nonzero"] == 5 + 1
+    assert "Ops and host syncs per stage" in out and "\nbackbone.bottom_up " in out
+    assert f"Average ops: {ops['ops']:.1f}" in out
+
+    stem = "backbone.bottom_up.stem"
+    alone, out = run("--tasks", "ops", "--module", stem, "--input-size", 64, 64,
+                     "--config-file", RETINANET, *TINY)
+    rows = {s["stage"]: s for s in alone["ops"]["first"]["stages"]}
+    assert all(name.startswith(stem) for name in rows)
+    assert alone["ops"]["ops"] == sum(s["ops"] for s in rows.values())
+    # BasicStem: conv1 (its own stage), then ReLU and 3x3 max-pooling
+    assert rows[stem]["op_counts"] == {"aten::relu_": 1, "aten::max_pool2d_with_indices": 1}
+    assert alone["ops"]["syncs"] == 0 and "(model)" not in out
+    # The config's MODEL.CHANNELS_LAST folds the FrozenBN into the conv: the norm never runs
+    # as a module, unless flops are counted in the same run (options off).
+    assert f"{stem}.conv1.norm" not in rows
+    both, _ = run("--tasks", "ops", "flop", "--module", stem, "--input-size", 64, 64,
+                  "--config-file", RETINANET, *TINY)
+    assert f"{stem}.conv1.norm" in [s["stage"] for s in both["ops"]["first"]["stages"]]
+
+
 def test_bad_module_names(run):
     with pytest.raises(KeyError, match="'backbone.nope'"):
         run("--tasks", "parameter", "--module", "backbone.nope", "--config-file", RETINANET,
@@ -117,6 +151,8 @@ def test_overrides_after_the_task_list_are_not_taken_for_tasks(tool):
     assert args.tasks == ["flop", "parameter"]
     assert args.config_file == RETINANET
     assert args.opts == ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
+    args = tool.parse_args(["--tasks", "ops", "--config-file", RETINANET, "MODEL.DEVICE", "cpu"])
+    assert (args.tasks, args.opts) == (["ops"], ["MODEL.DEVICE", "cpu"])
     args = tool.parse_args(["--tasks", "structure", "--config-file", RETINANET, "-n", "3",
                             "MODEL.WEIGHTS", "w.pth"])
     assert (args.tasks, args.num_inputs) == (["structure"], 3)
