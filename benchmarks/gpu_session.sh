@@ -15,9 +15,11 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 
 # Runtime packages the GPU image lacks (pure-Python or manylinux wheels for Python 3.12).
+# Not the `typing` backport that cityscapesscripts names: on PYTHONPATH it would shadow the
+# standard library's typing.
 WHEELS="fvcore==0.1.5.post20221221 iopath==0.1.10 yacs==0.1.8 termcolor==3.3.0
 pycocotools==2.0.11 faster-coco-eval==1.8.0 omegaconf==2.4.0 cityscapesscripts==2.3.0
-coloredlogs==15.0.1 humanfriendly==10.0 pyquaternion==0.9.9 appdirs==1.4.4 typing==3.7.4.3"
+coloredlogs==15.0.1 humanfriendly==10.0 pyquaternion==0.9.9 appdirs==1.4.4"
 
 fetch() {
     mkdir -p .whl
@@ -27,6 +29,11 @@ fetch() {
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
             --platform manylinux2014_x86_64 --platform any -d .whl "$spec" \
             || { echo "could not fetch $spec" >&2; return 1; }
+    done
+    # Packages published only as source (fvcore, iopath): build their pure-Python wheels here.
+    for sdist in .whl/*.tar.gz; do
+        [ -e "$sdist" ] || continue
+        python3 -m pip wheel --quiet --no-deps -w .whl "$sdist" && rm "$sdist" || return 1
     done
     du -sh .whl
 }
