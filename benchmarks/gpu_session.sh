@@ -70,9 +70,9 @@ torch.cuda.get_device_name(0))' >> "$OUTDIR/gpu.txt" 2>&1
     fi
     if [[ " $steps " == *" bench "* ]]; then
         step inference_fp32 python3 benchmarks/inference.py --device cuda --repeats 20
-        step inference_amp python3 benchmarks/inference.py --device cuda --amp --repeats 20
+        step inference_amp python3 benchmarks/inference.py --device cuda --amp --repeats 20 --compile
         step train_fp32 python3 benchmarks/train_step.py --device cuda --repeats 10
-        step train_amp python3 benchmarks/train_step.py --device cuda --amp --repeats 10
+        step train_amp python3 benchmarks/train_step.py --device cuda --amp --repeats 10 --compile
     fi
     if [[ " $steps " == *" demo "* ]]; then
         step demo python3 train_net.py --config-file configs/Shapes/mask_rcnn_R_18_FPN_demo.yaml \

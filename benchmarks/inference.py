@@ -13,6 +13,8 @@ Reports the median of several interleaved runs and segtron's time as a ratio of 
 On a GPU (``--device cuda``, optionally ``--amp`` for fp16 autocast) every run is timed between
 two CUDA synchronisations, the Winograd row is left out (CPU-only kernels), and a row replays
 the backbone and RPN from CUDA graphs (TEST.CUDA_GRAPHS; its first warm-up run captures).
+``--compile`` adds two rows (NCHW and channels-last) run by a copy of the model whose backbone
+is compiled with torch.compile (MODEL.COMPILE), after at least two warm-up runs.
 
 Run from the repository root::
 
@@ -36,7 +38,9 @@ from benchmarks.device_options import (  # noqa: E402
 )
 from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
 from benchmarks.torchvision_peer import (  # noqa: E402
+    COMPILE_ROWS,
     build_pair,
+    compiled_twin,
     random_image_inputs,
     segtron_candidates,
 )
@@ -54,6 +58,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each row first")
     parser.add_argument("--size", type=int, nargs=2, default=(HEIGHT, WIDTH),
                         metavar=("H", "W"), help="image size (both models keep it)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add rows whose backbone is compiled with torch.compile "
+                             "(MODEL.COMPILE; compiling costs the warm-up runs)")
     add_device_arguments(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args)
@@ -90,6 +97,19 @@ def main(argv=None):
             return run_segtron(CUDA_GRAPHS_ROW)
 
         candidates[CUDA_GRAPHS_ROW] = run_graphed
+    if args.compile:
+        twin = compiled_twin(segtron_model)
+
+        def compiled_row(name, channels_last):
+            def run():
+                twin.channels_last = channels_last
+                with torch.inference_mode(), autocast(device, args.amp):
+                    out = twin(st_input)[0]["instances"]
+                counts[name] = (len(out), tuple(out.pred_masks.shape[-2:]))
+            return run
+
+        candidates.update({name: compiled_row(name, cl) for name, cl in COMPILE_ROWS.items()})
+        args.warmup = max(args.warmup, 2)
     times = time_interleaved(
         candidates,
         repeats=args.repeats, warmup=args.warmup, synchronize=synchronizer(device),

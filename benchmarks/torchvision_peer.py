@@ -17,6 +17,7 @@ workloads:
   before NMS where segtron clips after. Those are the differences that remain.
 """
 
+import copy
 from typing import Callable, Dict, Optional
 
 import torch
@@ -41,6 +42,8 @@ __all__ = [
     "ratio_major_to_size_major",
     "NUM_CLASSES",
     "SEGTRON_MODES",
+    "COMPILE_ROWS",
+    "compiled_twin",
 ]
 
 NUM_CLASSES = 80  # foreground classes; torchvision's Mask R-CNN counts background too (81)
@@ -333,6 +336,22 @@ def random_image_inputs(height: int, width: int, seed: int = 0):
 
 
 # -- timing ----------------------------------------------------------------------------------
+
+
+COMPILE_ROWS = {  # name -> MODEL.CHANNELS_LAST of a row run by a compiled twin (--compile)
+    "segtron + MODEL.COMPILE": False,
+    "segtron MODEL.CHANNELS_LAST + MODEL.COMPILE": True,
+}
+
+
+def compiled_twin(model):
+    """A copy of ``model`` whose backbone is compiled with torch.compile (inductor), as
+    MODEL.COMPILE does; the original is left eager."""
+    from segtron.modeling.compilation import compile_submodules
+
+    twin = copy.deepcopy(model)
+    compile_submodules(twin, ["backbone"])
+    return twin
 
 
 def segtron_candidates(model, run_once, device: Optional[torch.device] = None):

@@ -12,6 +12,8 @@ On a GPU (``--device cuda``) the default batch is Detectron2's per-GPU setting o
 mask_rcnn_R_50_FPN_1x training on 8 GPUs scaled to one: 8 images of 800x1067 (``--batch`` and
 ``--size`` change it); every step is timed between two CUDA synchronisations, ``--amp`` runs
 fp16 autocast with a GradScaler (as Detectron2's AMPTrainer), and the Winograd row is left out.
+``--compile`` adds two rows (NCHW and channels-last) run by a copy of the model whose backbone
+is compiled with torch.compile (MODEL.COMPILE), after two untimed steps that compile it.
 
 Run from the repository root::
 
@@ -36,7 +38,13 @@ from benchmarks.device_options import (  # noqa: E402
     synchronizer,
 )
 from benchmarks.peer_timing import machine_line, ratio_table, time_interleaved  # noqa: E402
-from benchmarks.torchvision_peer import NUM_CLASSES, build_pair, segtron_candidates  # noqa: E402
+from benchmarks.torchvision_peer import (  # noqa: E402
+    COMPILE_ROWS,
+    NUM_CLASSES,
+    build_pair,
+    compiled_twin,
+    segtron_candidates,
+)
 from segtron.structures import BitMasks, Boxes, Instances  # noqa: E402
 from segtron.utils.events import EventStorage  # noqa: E402
 
@@ -81,6 +89,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help=f"image size (default {HEIGHT}x{WIDTH} on CPU, "
                              f"{GPU_HEIGHT}x{GPU_WIDTH} on CUDA)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add rows whose backbone is compiled with torch.compile "
+                             "(MODEL.COMPILE; compiling costs the first steps)")
     add_device_arguments(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args)
@@ -134,10 +145,26 @@ def main(argv=None):
                 return segtron_model(st_inputs)
         step(name, st_optimizer, compute_losses)
 
+    candidates = {"torchvision": run_torchvision,
+                  **segtron_candidates(segtron_model, run_segtron, device)}
+    if args.compile:
+        twin = compiled_twin(segtron_model)
+        twin_optimizer = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
+
+        def compiled_row(name, channels_last):
+            def run():
+                twin.channels_last = channels_last
+
+                def compute_losses():
+                    with EventStorage():
+                        return twin(st_inputs)
+                step(name, twin_optimizer, compute_losses)
+            return run
+
+        candidates.update({name: compiled_row(name, cl) for name, cl in COMPILE_ROWS.items()})
     times = time_interleaved(
-        {"torchvision": run_torchvision,
-         **segtron_candidates(segtron_model, run_segtron, device)},
-        repeats=args.repeats, synchronize=synchronizer(device),
+        candidates, repeats=args.repeats, warmup=2 if args.compile else 1,
+        synchronize=synchronizer(device),
     )
     precision = "fp16 autocast + GradScaler" if args.amp else "float32"
     print(f"Mask R-CNN R50-FPN training step, batch {batch_size} x {height}x{width}, {BOXES} "

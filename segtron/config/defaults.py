@@ -39,6 +39,14 @@ _C.MODEL.CHANNELS_LAST = False
 # products writing NCHW maps: ~2.5x fewer multiplications, outputs equal to ~1e-5 relative.
 # Best with CHANNELS_LAST (which the bottom-up network keeps). See segtron/layers/winograd.py.
 _C.MODEL.WINOGRAD_CONV = False
+# segtron: torch.compile these submodules in place (names and checkpoints unchanged). Fuses the
+# element-wise work around convolutions, for GPU training; changes float rounding, hence off by
+# default; every new input shape costs a compilation.
+_C.MODEL.COMPILE = CN({"ENABLED": False})
+_C.MODEL.COMPILE.MODULES = ["backbone"]
+# torch.compile's mode ("default", "reduce-overhead", "max-autotune") and backend.
+_C.MODEL.COMPILE.MODE = "default"
+_C.MODEL.COMPILE.BACKEND = "inductor"
 
 # -----------------------------------------------------------------------------
 # Input
@@ -486,4 +494,6 @@ SEGTRON_ADDED_KEYS = (
     "DIST.TIMEOUT_MINUTES",
     "MODEL.TIMM.NAME", "MODEL.TIMM.OUT_INDICES", "MODEL.TIMM.PRETRAINED", "MODEL.TIMM.NORM",
     "MODEL.TIMM.DROP_PATH_RATE", "TEST.CUDA_GRAPHS.ENABLED", "TEST.CUDA_GRAPHS.MAX_SHAPES",
+    "MODEL.COMPILE.ENABLED", "MODEL.COMPILE.MODULES", "MODEL.COMPILE.MODE",
+    "MODEL.COMPILE.BACKEND",
 )

@@ -8,6 +8,7 @@ import logging
 import torch
 from torch import nn
 
+from ..compilation import compile_from_config
 from ..registries import META_ARCH_REGISTRY
 
 __all__ = ["META_ARCH_REGISTRY", "build_model"]
@@ -49,6 +50,8 @@ def build_model(cfg) -> nn.Module:
     ``cfg.MODEL.DEVICE``.
 
     The weights are freshly initialised; load a checkpoint with ``DetectionCheckpointer``.
+    With MODEL.COMPILE.ENABLED the submodules it names are compiled in place
+    (``compilation.py``).
 
     Raises:
         RuntimeError: when MODEL.DEVICE is not a valid device, or names CUDA on a machine
@@ -58,6 +61,7 @@ def build_model(cfg) -> nn.Module:
     name = cfg.MODEL.META_ARCHITECTURE
     model = META_ARCH_REGISTRY.get(name)(cfg)
     model.to(device)
+    compile_from_config(model, cfg)
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
