@@ -206,7 +206,10 @@ def inference_on_dataset(
             _callback(callbacks, "before_inference")
             outputs = model(inputs)
             _callback(callbacks, "after_inference")
-            if torch.cuda.is_available():
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                # Only a process that has used CUDA can have GPU work to wait for: a CPU model
+                # evaluated on a GPU machine creates no CUDA context (GPU memory; an error in a
+                # process forked from one that has a context).
                 torch.cuda.synchronize()
             compute_time += time.perf_counter() - compute_start
 

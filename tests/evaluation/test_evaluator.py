@@ -82,6 +82,20 @@ def test_inference_on_dataset_keeps_eval_mode_and_handles_none():
     assert len(model.calls) == 6
 
 
+def test_inference_on_dataset_waits_for_the_gpu_only_in_a_process_that_used_cuda(monkeypatch):
+    """On a CUDA machine each batch's compute time ends with torch.cuda.synchronize(), but not in
+    a process that never initialised CUDA (a CPU model): that would create a CUDA context."""
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: syncs.append(1))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert inference_on_dataset(_StubModel(), _loader(3), _SumEvaluator())["sum"]["batches"] == 3
+    assert syncs == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    inference_on_dataset(_StubModel(), _loader(3), _SumEvaluator())
+    assert syncs == [1, 1, 1]
+
+
 def test_inference_on_dataset_with_a_list_of_evaluators_and_callbacks():
     events = []
     callbacks = {name: (lambda n=name: events.append(n))

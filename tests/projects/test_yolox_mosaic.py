@@ -237,8 +237,8 @@ def test_disabled_returns_the_plain_sample():
 
 
 def _report_enabled(ds, go, queue):
-    go.wait(10)
-    queue.put(ds.enabled)
+    # Generous: on a busy machine the parent may be descheduled between start() and set().
+    queue.put(ds.enabled if go.wait(60) else "no go from the parent within 60 s")
 
 
 def test_enable_reaches_a_forked_worker():
@@ -251,7 +251,7 @@ def test_enable_reaches_a_forked_worker():
     try:
         ds.enable(False)
         go.set()
-        assert queue.get(timeout=20) is False
+        assert queue.get(timeout=90) is False
     finally:
         worker.join(20)
 
