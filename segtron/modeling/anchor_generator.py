@@ -302,7 +302,13 @@ class DefaultAnchorGenerator(nn.Module):
     def _cached_grid_anchors(
         self, grid_sizes: List[List[int]], devices: List[torch.device]
     ) -> List[torch.Tensor]:
-        """``_grid_anchors``, reused while the sizes, devices, mode and cell anchors stay."""
+        """``_grid_anchors``, reused while the sizes, devices, mode and cell anchors stay.
+
+        Not while a CUDA graph is being captured: the graph then makes its own anchors, in its
+        own memory pool (a cached entry could be evicted and freed while the graph still
+        reads it)."""
+        if any(d.type == "cuda" for d in devices) and torch.cuda.is_current_stream_capturing():
+            return self._grid_anchors(grid_sizes, devices)
         key = (
             tuple(tuple(int(v) for v in size) for size in grid_sizes),
             tuple(devices),
