@@ -19,6 +19,8 @@ def demo_device_overrides(cuda_available: bool) -> List[str]:
 
 
 def main() -> None:
+    """Print the demo's device overrides on one line (empty without a GPU); say on stderr
+    which GPU is used."""
     import torch
 
     available = torch.cuda.is_available()

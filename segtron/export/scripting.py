@@ -119,41 +119,38 @@ def _methods_source(name: str, types: Dict[str, str]) -> List[str]:
     (``types``: field name -> source name of its type)."""
     # Inside the class the compiler does not see __init__'s defaults: pass every field.
     new = f"{name}(%s" + ", None" * len(types) + ")"
+
+    def if_set(field: str, *body: str) -> List[str]:
+        """Source lines that run ``body`` (on the field as ``value``) when ``field`` is set."""
+        return [f"        value = self._{field}", "        if value is not None:",
+                *(f"            {line}" for line in body)]
+
     lines = ["    def get_fields(self) -> Dict[str, Tensor]:",
              "        out: Dict[str, Tensor] = {}"]
     for field, kind in types.items():
-        value = "value" if kind == "Tensor" else "value.tensor"
-        lines += [f"        value = self._{field}",
-                  "        if value is not None:",
-                  f"            out[\"{field}\"] = {value}"]
+        lines += if_set(field, f"out[\"{field}\"] = " + ("value" if kind == "Tensor"
+                                                          else "value.tensor"))
     lines += ["        return out", "",
               f"    def to(self, device: torch.device) -> \"{name}\":",
               "        out = " + new % "self.image_size"]
     for field, kind in types.items():
         moved = "value.to(device)" if kind == "Tensor" else f"{kind}(value.tensor.to(device))"
-        lines += [f"        value = self._{field}",
-                  "        if value is not None:",
-                  f"            out._{field} = {moved}"]
+        lines += if_set(field, f"out._{field} = {moved}")
     lines += ["        return out", "",
               f"    def __getitem__(self, item: Tensor) -> \"{name}\":",
               "        out = " + new % "self.image_size"]
     for field in types:
-        lines += [f"        value = self._{field}",
-                  "        if value is not None:",
-                  f"            out._{field} = value[item]"]
+        lines += if_set(field, f"out._{field} = value[item]")
     lines += ["        return out", "",
               f"    def cat(self, instance_lists: List[\"{name}\"]) -> \"{name}\":",
               "        \"\"\"The concatenation of ``instance_lists`` (called on any instance: "
               "``parts[0].cat(parts)``).\"\"\"",
               "        out = " + new % "instance_lists[0].image_size"]
     for field, kind in types.items():
-        lines += [f"        value = self._{field}",
-                  "        if value is not None:",
-                  f"            values_{field} = [x.{field} for x in instance_lists]"]
-        if kind == "Tensor":
-            lines += [f"            out._{field} = torch.cat(values_{field}, dim=0)"]
-        else:
-            lines += [f"            out._{field} = value.cat(values_{field})"]
+        joined = (f"torch.cat(values_{field}, dim=0)" if kind == "Tensor"
+                  else f"value.cat(values_{field})")
+        lines += if_set(field, f"values_{field} = [x.{field} for x in instance_lists]",
+                        f"out._{field} = {joined}")
     lines += ["        return out", ""]
     return lines
 

@@ -309,13 +309,13 @@ class DefaultAnchorGenerator(nn.Module):
         reads it)."""
         if any(d.type == "cuda" for d in devices) and torch.cuda.is_current_stream_capturing():
             return self._grid_anchors(grid_sizes, devices)
+        # A move (.to(), .half()) gives the cell anchors new addresses; an in-place edit, a
+        # new version.
         key = (
             tuple(tuple(int(v) for v in size) for size in grid_sizes),
             tuple(devices),
             torch.is_inference_mode_enabled(),
-            tuple((c.data_ptr(), c._version, c.dtype, c.device) for c in self.cell_anchors),
-            self.offset,
-            tuple(self.strides),
+            tuple((c.data_ptr(), c._version) for c in self.cell_anchors),
         )
         return self._anchor_cache.get(key, lambda: self._grid_anchors(grid_sizes, devices))
 

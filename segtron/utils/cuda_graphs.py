@@ -52,11 +52,11 @@ class _InputSpec(NamedTuple):
 
 
 class _Signature(NamedTuple):
-    """The key of one captured graph: inputs plus the autocast and autograd modes of the call."""
+    """The key of one captured graph: inputs plus the autocast and inference modes of the call
+    (grad mode is always off: calls with grad on run eagerly)."""
 
     inputs: Tuple[_InputSpec, ...]
     autocast: Tuple[bool, torch.dtype]
-    grad_enabled: bool
     inference_mode: bool
 
     def describe(self) -> str:
@@ -65,7 +65,7 @@ class _Signature(NamedTuple):
                           for s in self.inputs)
         enabled, dtype = self.autocast
         autocast = f"autocast {dtype}" if enabled else "autocast off"
-        return (f"inputs [{specs}], {autocast}, grad {'on' if self.grad_enabled else 'off'}, "
+        return (f"inputs [{specs}], {autocast}, "
                 f"inference_mode {'on' if self.inference_mode else 'off'}")
 
 
@@ -74,7 +74,7 @@ def _signature(inputs: Sequence[torch.Tensor], device_type: str) -> _Signature:
     specs = tuple(_InputSpec(tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
                   for x in inputs)
     autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-    return _Signature(specs, autocast, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    return _Signature(specs, autocast, torch.is_inference_mode_enabled())
 
 
 def _describe_fn(fn: Callable) -> str:
@@ -195,7 +195,7 @@ class CudaGraphRunner:
             keep addresses and need nothing.
 
     A call's signature is each input's shape, stride, dtype and device, the autocast state
-    (enabled, dtype) of the inputs' device type, grad mode and inference mode. A call runs
+    (enabled, dtype) of the inputs' device type and inference mode. A call runs
     ``fn`` eagerly, unchanged, when an input is not a tensor or the inputs are not all on one
     CUDA device (CPU inputs included), grad mode is on, under tracing / scripting /
     ``torch.compile``, or inside another CUDA graph capture. Otherwise a new signature is

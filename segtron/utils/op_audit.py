@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
+from tabulate import SEPARATING_LINE, tabulate
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -386,20 +387,12 @@ class OpAudit:
         that are not views), syncs and which syncs (op name x count, most frequent first)."""
         def cells(name: str, counts: StageCounts):
             which = ", ".join(f"{op} x{n}" for op, n in counts.sync_counts.most_common())
-            return (name, str(counts.ops), str(counts.kernels), str(counts.syncs), which)
+            return (name, counts.ops, counts.kernels, counts.syncs, which)
 
         rows = [cells(name, r) for name, r in self.rows(prefix).items()]
-        rows.append(cells("total", self.total(prefix)))
-        header = ("stage", "ops", "kernels", "syncs", "which syncs")
-        widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-
-        def line(row) -> str:
-            numbers = "  ".join(f"{v:>{w}}" for v, w in zip(row[1:4], widths[1:]))
-            return f"{row[0]:<{widths[0]}}  {numbers}  {row[4]}".rstrip()
-
-        rule = "-" * (sum(widths) + 8 + len(header[4]))
-        return "\n".join([line(header), rule] + [line(r) for r in rows[:-1]]
-                         + [rule, line(rows[-1])])
+        rows += [SEPARATING_LINE, cells("total", self.total(prefix))]
+        return tabulate(rows, headers=("stage", "ops", "kernels", "syncs", "which syncs"),
+                        tablefmt="simple")
 
     def as_dict(self, prefix: str = "") -> Dict[str, Any]:
         """``rows(prefix)`` in forward order and their total, JSON-serializable:

@@ -63,6 +63,8 @@ def select_top_per_level(
     for level in range(len(proposals)):
         boxes_i, logits_i = proposals[level], pred_objectness_logits[level]
         sorted_logits, order = logits_i.sort(descending=True, dim=1)
+        # Two branches with the same lines: num_keep is a tensor in one and an int in the
+        # other, which TorchScript cannot give one variable.
         if not torch.jit.is_scripting() and torch.jit.is_tracing():
             # Traced: the candidate count follows the (traced) number of anchors of the level.
             num_keep = torch.clamp(torch.as_tensor(logits_i.shape[1]), max=int(pre_nms_topk))
@@ -194,7 +196,8 @@ def nms_top_candidates(
         finite = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
         if training and not bool(finite.all()):
             raise FloatingPointError(
-                "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+                "Predicted boxes or scores contain Inf/NaN. Training has diverged. Lower the "
+                "learning rate (SOLVER.BASE_LR) or lengthen the warmup (SOLVER.WARMUP_ITERS)."
             )
         # Clipping a non-finite box can make it finite, so ``finite`` is taken before the
         # clip (in place, on this function's candidates); dropping the non-finite and the

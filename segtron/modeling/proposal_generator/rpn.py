@@ -458,9 +458,8 @@ class RPN(nn.Module):
             pred_anchor_deltas: one (N, Ai, B) tensor per level.
             image_sizes: N (h, w).
         """
-        with torch.no_grad():
-            candidates = self._candidates(anchors, pred_objectness_logits, pred_anchor_deltas)
-            return self.proposals_from_candidates(candidates, image_sizes)
+        candidates = self._candidates(anchors, pred_objectness_logits, pred_anchor_deltas)
+        return self.proposals_from_candidates(candidates, image_sizes)
 
     def _candidates(
         self,

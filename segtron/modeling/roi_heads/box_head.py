@@ -116,6 +116,8 @@ class FastRCNNConvFCHead(nn.Sequential):
         return x
 
     def train(self, mode: bool = True):
+        """``nn.Module.train``, dropping fc1's NHWC kernel kept for inference (the weights
+        may change in training)."""
         self._fc1_on_map.clear()  # the kept NHWC kernel of fc1
         return super().train(mode)
 

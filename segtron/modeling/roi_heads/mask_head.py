@@ -230,6 +230,9 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
         return ret
 
     def layers(self, x):
+        """The convs, deconv and predictor on pooled features x (R, C, M, M); returns mask
+        logits (R, K, 2M, 2M) (K = 1 when class-agnostic). The deconv gets the layout
+        ``mask_deconv_input`` picks."""
         pooled_nhwc = is_channels_last(x)
         for layer in self:
             if layer is self.deconv:
