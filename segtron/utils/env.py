@@ -68,6 +68,8 @@ def seed_all_rng(seed: Optional[int] = None) -> int:
 
     Args:
         seed: the seed; None or a negative value draws a fresh one (logged at INFO).
+            Seeds past 2**32 (a DataLoader worker's torch seed, say) are accepted; numpy and
+            child processes' ``PYTHONHASHSEED`` get it modulo 2**32.
 
     Returns:
         The seed that was used.
@@ -79,7 +81,8 @@ def seed_all_rng(seed: Optional[int] = None) -> int:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)  # also seeds every CUDA device
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    # Python refuses to start a child whose PYTHONHASHSEED is outside [0, 2**32 - 1].
+    os.environ["PYTHONHASHSEED"] = str(seed % (2**32))
     return seed
 
 

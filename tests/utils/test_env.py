@@ -3,6 +3,8 @@
 import logging
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,13 @@ import torch
 
 from segtron.utils import env
 from segtron.utils.env import TORCH_VERSION, seed_all_rng, setup_environment
+
+
+@pytest.fixture(autouse=True)
+def _restore_hash_seed(monkeypatch):
+    """seed_all_rng sets PYTHONHASHSEED: undo it after each test (it is process-wide)."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    monkeypatch.delenv("PYTHONHASHSEED")
 
 
 def _draws():
@@ -31,6 +40,15 @@ def test_seed_all_rng_large_seed_is_accepted():
     first = _draws()
     seed_all_rng(2**40 + 5)
     assert _draws() == first
+
+
+@pytest.mark.parametrize("seed", [2**32 + 7, 2**63 - 1])
+def test_child_python_starts_after_a_large_seed(seed):
+    """A seed past 2**32 (a DataLoader worker's) leaves a PYTHONHASHSEED a child Python accepts."""
+    seed_all_rng(seed)
+    assert os.environ["PYTHONHASHSEED"] == str(seed % 2**32)
+    child = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
 
 
 @pytest.mark.parametrize("seed", [None, -1])
