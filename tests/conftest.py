@@ -14,6 +14,23 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, give each worker an equal share of the CPU cores for torch's
+    intra-op threads (and for the Python processes tests start, through OMP_NUM_THREADS).
+
+    Left at torch's default, every worker runs one OpenMP thread per core: with 2 workers on 2
+    cores that is 4 spinning threads on 2 cores, and the suite took 6:40 instead of 4:10 here.
+    An OMP_NUM_THREADS already set is kept.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        from segtron.utils.env import available_cpu_cores
+
+        threads = max(1, available_cpu_cores() // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def _compat_dir() -> Path:
     path = Path(os.environ.get("SEGTRON_COMPAT_DIR", REPO_ROOT.parent / "shared" / "compat"))
     if not (path / "d2_default_config.yaml").is_file():
@@ -41,6 +58,6 @@ def compat_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
-    """Seed torch for each test and keep it to 1 thread-pool worker per core budget."""
+    """Seed torch's global RNG with 0 before each test."""
     torch.manual_seed(0)
     yield

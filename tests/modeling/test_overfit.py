@@ -110,23 +110,41 @@ def test_winograd_training_step_matches_default(batch, monkeypatch):
     # The RPN's 1x1 convs read the Winograd convs' NCHW maps: matrix products, with autograd.
     monkeypatch.setattr(wrappers, "pointwise_conv_nchw",
                         _counting(wrappers.pointwise_conv_nchw, product_calls))
-    results = []
-    for enabled in (False, True):
-        model.winograd_conv = enabled
+    # Every pass's ROI heads get the first pass's proposals, so sampling and mask targets are
+    # the same discrete choices in each; the RPN's losses still come from each pass's convs.
+    first_proposals = []
+
+    def same_proposals(module, inputs, output):
+        proposals, proposal_losses = output
+        if not first_proposals:
+            first_proposals.append(proposals)
+        return first_proposals[0], proposal_losses
+
+    model.proposal_generator.register_forward_hook(same_proposals)
+    results = {}
+    # (Winograd, channels-last): the default convolutions in both layouts, then Winograd.
+    for winograd_on, channels_last in ((False, True), (False, False), (True, True)):
+        model.winograd_conv, model.channels_last = winograd_on, channels_last
         model.zero_grad()
         torch.manual_seed(1)
         with EventStorage():
             losses = model(batch)
         sum(losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append(({k: v.item() for k, v in losses.items()}, grads))
-        assert bool(nnpack_calls) == enabled and bool(product_calls) == enabled
-    (losses_ref, grads_ref), (losses_wg, grads_wg) = results
+        results[winograd_on, channels_last] = ({k: v.item() for k, v in losses.items()}, grads)
+        assert bool(nnpack_calls) == winograd_on and bool(product_calls) == winograd_on
+    (losses_ref, grads_ref), (_, grads_nchw), (losses_wg, grads_wg) = results.values()
     assert losses_wg == pytest.approx(losses_ref, rel=1e-4, abs=1e-6)
     assert grads_wg.keys() == grads_ref.keys()
+    # At initialisation the mask head's gradients are near-cancelling sums (mask logits ~0,
+    # targets ~balanced): fp32 accumulation order alone moves them by up to a few percent of
+    # their largest entry (measured at 1 thread: the default convolutions' NCHW and
+    # channels-last gradients differ 2-5% there, Winograd's 0.3-1%). So each parameter's bar is
+    # 1e-3 of its largest gradient or twice the default's own spread between the two layouts.
     for name, ref in grads_ref.items():
         scale = ref.abs().max().item() or 1.0
-        assert (grads_wg[name] - ref).abs().max().item() <= 1e-3 * scale, name
+        spread = (grads_nchw[name] - ref).abs().max().item()
+        assert (grads_wg[name] - ref).abs().max().item() <= max(1e-3 * scale, 2 * spread), name
 
 
 def _counting(fn, calls):
