@@ -14,11 +14,11 @@ The config is anything ``instantiate`` can build: ``model``, ``dataloader.train`
 ``dataloader.test`` / ``dataloader.evaluator``, ``optimizer`` (its ``params.model`` is set to
 the model), ``lr_multiplier`` (an fvcore ``ParamScheduler``) and the options of ``train``
 (``configs/common/train.py``): output_dir, init_checkpoint, max_iter, amp.enabled, ddp,
-checkpointer, eval_period, log_period, device, and optionally seed, cudnn_benchmark and
-float32_precision. Overrides come after the flags as ``key=value`` (Python literals, or
-null / true / false); a key that the config does not have, and that nothing would read,
-fails naming it (write ``+key=value`` to add a new key anyway). For anything else, copy this
-file and edit it.
+checkpointer, eval_period, log_period, device, compile (``torch.compile`` of submodules, as
+MODEL.COMPILE), and optionally seed, cudnn_benchmark and float32_precision. Overrides come
+after the flags as ``key=value`` (Python literals, or null / true / false); a key that the
+config does not have, and that nothing would read, fails naming it (write ``+key=value`` to
+add a new key anyway). For anything else, copy this file and edit it.
 """
 
 import difflib
@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from segtron.checkpoint import DetectionCheckpointer  # noqa: E402
+from segtron.modeling.compilation import compile_as_configured  # noqa: E402
 from segtron.config import LazyConfig, instantiate  # noqa: E402
 from segtron.engine import (  # noqa: E402
     AMPTrainer,
@@ -61,9 +62,10 @@ logger = logging.getLogger("segtron.lazyconfig_train_net")
 # are passed to: a new key is accepted there only if its receiver takes it.
 TRAIN_KEYS = ("output_dir", "init_checkpoint", "max_iter", "amp", "ddp", "checkpointer",
               "eval_period", "log_period", "device", "seed", "cudnn_benchmark",
-              "float32_precision")
+              "float32_precision", "compile")
 _TRAIN_DICT_RECEIVERS = {
     "train.amp": ("enabled",),
+    "train.compile": ("enabled", "modules", "mode", "backend"),
     "train.checkpointer": ("period", "max_to_keep", "file_prefix"),
 }
 _MISSING = object()
@@ -169,6 +171,24 @@ def check_override_keys(cfg: DictConfig, overrides: Sequence[str]) -> List[str]:
     return cleaned
 
 
+def compile_model(cfg: DictConfig, model: torch.nn.Module) -> List[str]:
+    """``train.compile`` (segtron's MODEL.COMPILE for Python configs): when ``enabled``,
+    ``torch.compile`` the submodules named in ``modules`` (default ["backbone"]) in place, with
+    ``mode`` ("default") and ``backend`` ("inductor"); parameter names stay the eager ones.
+
+    Returns:
+        the names compiled ([] when disabled or when the config has no ``train.compile``).
+    """
+    settings = OmegaConf.select(cfg, "train.compile", default=None)
+    if settings is None:
+        return []
+    return compile_as_configured(
+        model, settings.get("enabled", False), list(settings.get("modules", ["backbone"])),
+        settings.get("mode", "default"), settings.get("backend", "inductor"),
+        key="train.compile",
+    )
+
+
 def check_device(cfg: DictConfig) -> torch.device:
     """The device of ``cfg.train.device`` (Detectron2's default "cuda" when absent).
 
@@ -244,6 +264,7 @@ def do_train(args, cfg: DictConfig) -> Optional[Dict[str, Any]]:
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
     model.to(cfg.train.device)
+    compile_model(cfg, model)
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -291,6 +312,7 @@ def main(args) -> Optional[Dict[str, Any]]:
         return do_train(args, cfg)
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
+    compile_model(cfg, model)
     model = create_ddp_model(model)
     init_checkpoint = OmegaConf.select(cfg, "train.init_checkpoint", default="")
     output_dir = OmegaConf.select(cfg, "train.output_dir", default="")

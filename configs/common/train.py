@@ -17,5 +17,8 @@ train = dict(
     eval_period=5000,  # iterations between evaluations
     log_period=20,  # iterations between metric writes
     device="cuda",
+    # segtron addition (MODEL.COMPILE for Python configs): torch.compile these submodules in
+    # place; off by default (it changes float rounding).
+    compile=dict(enabled=False, modules=["backbone"], mode="default", backend="inductor"),
     # ...
 )

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..utils.model_cost import find_submodule
 
-__all__ = ["compile_submodules", "compile_from_config"]
+__all__ = ["compile_submodules", "compile_as_configured", "compile_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,7 @@ def compile_submodules(
         ValueError: for an unknown mode.
     """
     if mode not in _MODES:
-        raise ValueError(
-            f"MODEL.COMPILE.MODE = {mode!r} is not a torch.compile mode; use one of {_MODES}."
-        )
+        raise ValueError(f"mode {mode!r} is not a torch.compile mode; use one of {_MODES}.")
     names = list(names)
     modules = [model if name == "" else find_submodule(model, name) for name in names]
     for name, module in zip(names, modules):
@@ -56,18 +54,42 @@ def compile_submodules(
     return names
 
 
+def compile_as_configured(
+    model: nn.Module,
+    enabled: bool,
+    modules: Iterable[str],
+    mode: str = "default",
+    backend: str = "inductor",
+    key: str = "MODEL.COMPILE",
+) -> List[str]:
+    """:func:`compile_submodules` when ``enabled``, with errors naming the config ``key`` the
+    settings came from (``MODEL.COMPILE`` or a LazyConfig's ``train.compile``).
+
+    Returns:
+        The names compiled ([] when disabled).
+    """
+    def subkey(name: str) -> str:  # MODEL.COMPILE.MODE, train.compile.mode
+        return f"{key}.{name.upper() if key.isupper() else name}"
+
+    if not enabled:
+        return []
+    if not hasattr(torch, "compile"):
+        raise RuntimeError(
+            f"{subkey('enabled')} needs torch.compile (torch >= 2.0), but torch "
+            f"{torch.__version__} has none; set it to False."
+        )
+    try:
+        return compile_submodules(model, modules, mode, backend)
+    except KeyError as err:
+        raise KeyError(f"{subkey('modules')}: {err.args[0]}") from None
+    except ValueError as err:
+        raise ValueError(f"{subkey('mode')}: {err}") from None
+
+
 def compile_from_config(model: nn.Module, cfg) -> List[str]:
     """Apply MODEL.COMPILE.{ENABLED, MODULES, MODE, BACKEND} to ``model``; returns the names
     compiled ([] when disabled)."""
     settings = cfg.MODEL.COMPILE
-    if not settings.ENABLED:
-        return []
-    if not hasattr(torch, "compile"):
-        raise RuntimeError(
-            f"MODEL.COMPILE.ENABLED needs torch.compile (torch >= 2.0), but torch "
-            f"{torch.__version__} has none; set MODEL.COMPILE.ENABLED False."
-        )
-    try:
-        return compile_submodules(model, settings.MODULES, settings.MODE, settings.BACKEND)
-    except KeyError as err:
-        raise KeyError(f"MODEL.COMPILE.MODULES: {err.args[0]}") from None
+    return compile_as_configured(
+        model, settings.ENABLED, settings.MODULES, settings.MODE, settings.BACKEND
+    )

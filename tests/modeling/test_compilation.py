@@ -80,5 +80,7 @@ def test_bad_module_names_and_modes_say_which_key():
     with pytest.raises(KeyError, match="MODEL.COMPILE.MODULES.*no submodule 'neck'"):
         build_model(_cfg(**{"MODEL.COMPILE.ENABLED": True,
                             "MODEL.COMPILE.MODULES": "['neck']"}))
-    with pytest.raises(ValueError, match="MODEL.COMPILE.MODE"):
+    with pytest.raises(ValueError, match="MODEL.COMPILE.MODE: mode 'fastest' is not"):
+        build_model(_cfg(**{"MODEL.COMPILE.ENABLED": True, "MODEL.COMPILE.MODE": "fastest"}))
+    with pytest.raises(ValueError, match="^mode 'fastest' is not a torch.compile mode"):
         compile_submodules(torch.nn.Linear(2, 2), [""], mode="fastest")

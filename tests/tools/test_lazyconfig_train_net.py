@@ -243,6 +243,38 @@ def test_overrides_take_effect_and_new_keys_need_a_reader():
     assert instantiate(cfg.model.roi_heads.box_predictor).smooth_l1_beta == 0.5
 
 
+def test_train_compile_compiles_the_named_submodules_in_place():
+    """train.compile (MODEL.COMPILE for Python configs), dynamo's "eager" backend: what it
+    names is compiled, nothing else; parameter names stay; bad keys say which key."""
+    cfg = tool.load_config(_args("train.device=cpu", "train.compile.enabled=true",
+                                 "train.compile.backend='eager'"))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    names = list(model.state_dict())
+    try:
+        assert tool.compile_model(cfg, model) == ["backbone"]
+        assert model.backbone._compiled_call_impl is not None
+        assert getattr(model.roi_heads, "_compiled_call_impl", None) is None
+        assert list(model.state_dict()) == names
+    finally:
+        torch._dynamo.reset()
+    cfg.train.compile.enabled = False
+    plain = instantiate(cfg.model)
+    assert tool.compile_model(cfg, plain) == []
+    assert getattr(plain.backbone, "_compiled_call_impl", None) is None
+    del cfg.train["compile"]  # a config of its own without the key: nothing compiled
+    assert tool.compile_model(cfg, plain) == []
+    bad_name = tool.load_config(_args("train.compile.enabled=true",
+                                      "train.compile.modules=['neck']"))
+    with pytest.raises(KeyError, match=r"train\.compile\.modules: .*'neck'"):
+        tool.compile_model(bad_name, plain)
+    bad_mode = tool.load_config(_args("train.compile.enabled=true", "train.compile.mode='fast'"))
+    with pytest.raises(ValueError, match=r"train\.compile\.mode: mode 'fast'"):
+        tool.compile_model(bad_mode, plain)
+    with pytest.raises(KeyError, match=r"compile\.modes.*Did you mean 'train\.compile\.mode"):
+        tool.load_config(_args("train.compile.modes='default'"))
+
+
 def test_cuda_without_cuda_stops_before_anything_runs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(tool, "launch", lambda *a, **k: pytest.fail("launched"))
