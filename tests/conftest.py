@@ -15,17 +15,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    """Under pytest-xdist, give each worker an equal share of the CPU cores for torch's
-    intra-op threads (and for the Python processes tests start, through OMP_NUM_THREADS).
+    """Run segtron's once-per-process set-up; under pytest-xdist, give each worker an equal share
+    of the CPU cores for torch's intra-op threads (and for the Python processes tests start,
+    through OMP_NUM_THREADS).
 
     Left at torch's default, every worker runs one OpenMP thread per core: with 2 workers on 2
     cores that is 4 spinning threads on 2 cores, and the suite took 6:40 instead of 4:10 here.
     An OMP_NUM_THREADS already set is kept.
     """
+    # OpenCV's settings (OPENCV_OPENCL_RUNTIME) happen before the first test, as in a training
+    # script, rather than inside whichever test first triggers them.
+    from segtron.utils.env import available_cpu_cores, setup_environment
+
+    setup_environment()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        from segtron.utils.env import available_cpu_cores
-
         threads = max(1, available_cpu_cores() // workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -54,6 +58,29 @@ def lift_winograd_limits(patch: pytest.MonkeyPatch) -> None:
 def compat_dir() -> Path:
     """Path of ``../shared/compat`` (Detectron2's default config, state-dict shapes, golden fixture)."""
     return _compat_dir()
+
+
+@pytest.fixture(autouse=True)
+def _environment_unchanged():
+    """Fail a test that leaves os.environ changed (and undo the change): a variable left
+    behind reaches every later test of the worker and the processes they start (a
+    PYTHONHASHSEED of 2**40 once made every later child Python refuse to start). Use
+    ``monkeypatch.setenv`` / ``delenv``, which undo themselves."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    for name in ("PYTEST_CURRENT_TEST",):  # pytest's own, set per test phase
+        before.pop(name, None)
+        after.pop(name, None)
+    if after != before:
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        for name in changed:
+            if name in before:
+                os.environ[name] = before[name]
+            else:
+                del os.environ[name]
+        pytest.fail(f"the test left environment variables changed: {changed}; set them with "
+                    "monkeypatch.setenv / delenv (or restore them) so later tests do not see them")
 
 
 @pytest.fixture(autouse=True)

@@ -289,7 +289,8 @@ def test_yaml_config_is_refused_with_the_right_script():
         tool.load_config(argparse.Namespace(config_file=YAML_CONFIG, opts=[], eval_only=False))
 
 
-def test_default_setup_reads_a_lazy_config(tmp_path, restore_logging):
+def test_default_setup_reads_a_lazy_config(tmp_path, restore_logging, monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # default_setup's seeding sets it: undone after
     cfg = OmegaConf.create({"train": {"output_dir": str(tmp_path / "out"), "seed": 7,
                                       "cudnn_benchmark": True}, "model": {"depth": 18}})
     saved_benchmark = torch.backends.cudnn.benchmark
