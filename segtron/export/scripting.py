@@ -280,7 +280,10 @@ def freeze_training_mode(model: Any) -> Iterator[None]:
             continue
         own = cls.__dict__.get("__annotations__")
         saved.append((cls, dict(own) if own is not None else None))
-        annotations = dict(own or {})
+        # TorchScript reads a class's own annotations, else its nearest annotated base's (a
+        # subclass of StandardROIHeads keeps the Final mask_on / keypoint_on it inherits).
+        annotations = dict(next((k.__dict__["__annotations__"] for k in cls.__mro__
+                                 if k.__dict__.get("__annotations__")), {}))
         annotations["training"] = torch.jit.Final[bool]
         cls.__annotations__ = annotations
     try:

@@ -205,7 +205,8 @@ class Box2BoxTransformLinear:
             (N, 4) deltas (l, t, r, b): ``cx - x0'``, ``cy - y0'``, ``x1' - cx``, ``y1' - cy``,
             divided by (w, h, w, h) of the source when ``normalize_by_size``.
         """
-        _check_pairs(src_boxes, target_boxes, "Box2BoxTransformLinear")
+        if not torch.jit.is_scripting():
+            _check_pairs(src_boxes, target_boxes, "Box2BoxTransformLinear")
         ctr_x = 0.5 * (src_boxes[:, 0] + src_boxes[:, 2])
         ctr_y = 0.5 * (src_boxes[:, 1] + src_boxes[:, 3])
         deltas = torch.stack(

@@ -151,7 +151,6 @@ def _keypoints_to_heatmap(
     return heatmaps, valid
 
 
-@torch.no_grad()
 def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
     """Decode predicted keypoint heatmaps into image coordinates and scores.
 
@@ -169,15 +168,17 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
         ``exp(logit - logit) / sum(exp(maps[i, k] - logit))``, i.e. a softmax whose normaliser
         is summed over the original H x W map (Detectron2's choice, which keeps scores
         comparable across box sizes).
+
+    No gradient flows (the inputs are detached). Scriptable with ``torch.jit.script``.
     """
     maps = maps.detach()
     rois = rois.detach()
     if maps.dim() != 4 or rois.dim() != 2 or len(maps) != len(rois):
         raise ValueError(
             f"heatmaps_to_keypoints expects maps (N, K, H, W) and rois (N, 4), got "
-            f"{tuple(maps.shape)} and {tuple(rois.shape)}."
+            f"{list(maps.shape)} and {list(rois.shape)}."
         )
-    num_rois, num_kpts = maps.shape[:2]
+    num_rois, num_kpts = maps.shape[0], maps.shape[1]
     out = maps.new_zeros((num_rois, num_kpts, 4))
     if num_rois == 0:
         return out
@@ -189,10 +190,11 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     x_step = widths / widths_up
     y_step = heights / heights_up
     # One host transfer for all output sizes instead of one per roi.
-    sizes = torch.stack([heights_up, widths_up], dim=1).to("cpu").long().tolist()
+    sizes: List[List[int]] = torch.stack([heights_up, widths_up], dim=1).to("cpu").long().tolist()
     kpt_index = torch.arange(num_kpts, device=maps.device)
 
-    for i, (out_h, out_w) in enumerate(sizes):
+    for i, size in enumerate(sizes):
+        out_h, out_w = size[0], size[1]
         resized = F.interpolate(
             maps[i : i + 1], size=(out_h, out_w), mode="bicubic", align_corners=False
         )[0]  # (K, out_h, out_w)

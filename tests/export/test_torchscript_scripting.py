@@ -10,7 +10,7 @@ from segtron.export import dump_torchscript_IR, scripting_with_instances
 from segtron.export.scripting import patch_instances
 from segtron.structures import Boxes, Instances
 
-from .ts_models import tiny_model
+from .ts_models import ROTATED_RCNN_OPTS, tiny_model
 
 
 class _ScoreHead(nn.Module):
@@ -64,13 +64,12 @@ def test_real_box_predictor_scripts_and_matches_eager():
 
 
 def test_unscriptable_code_names_the_module_and_construct():
-    # Keypoint decoding (heatmaps_to_keypoints) is not scriptable (the mask head now is).
-    model = tiny_model("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml")
-    expected = r"(?s)cannot compile KRCNNConvDeconvUpsampleHead.*keypoint_head.py.*HERE"
+    # Rotated proposals (RRPN) are not scriptable (the keypoint and mask heads now are).
+    model = tiny_model("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", *ROTATED_RCNN_OPTS)
+    expected = r"(?s)cannot compile RRPN.*rpn.py.*HERE"
     with pytest.raises(RuntimeError, match=expected):
-        scripting_with_instances(model.roi_heads.keypoint_head, {
-            "pred_boxes": Boxes, "pred_classes": torch.Tensor, "pred_keypoints": torch.Tensor,
-            "pred_keypoint_heatmaps": torch.Tensor,
+        scripting_with_instances(model.proposal_generator, {
+            "proposal_boxes": Boxes, "objectness_logits": torch.Tensor,
         })
 
 

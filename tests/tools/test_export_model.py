@@ -17,6 +17,7 @@ from segtron.export.onnx_export import ExportedModel, ONNXRuntimeModel
 from segtron.modeling import build_model
 from segtron.structures import Boxes, Instances
 from tests.conftest import REPO_ROOT
+from tests.export.ts_models import ROTATED_RCNN_OPTS, eager_raw
 from tests.export.ts_models import assert_same_instances
 
 TOOL = os.path.join(REPO_ROOT, "tools", "deploy", "export_model.py")
@@ -210,20 +211,47 @@ def test_scripting_exports_a_mask_rcnn_matching_eager(tmp_path, restore_logging)
         assert_same_instances(expected, actual, hw)
 
 
+def test_scripting_exports_fcos_matching_eager(tmp_path, restore_logging):
+    """A dense detector through the tool (FCOS, GroupNorm head): model.ts gives the eager
+    model's raw detections on two image sizes."""
+    tool = _load_tool()
+    config = os.path.join(REPO_ROOT, "configs", "Shapes", "fcos_R_18_FPN.yaml")
+    argv = ["--format", "torchscript", "--export-method", "scripting", "--config-file", config,
+            "--output", str(tmp_path), "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
+            "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+            "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
+    # 64 channels: GroupNorm's 32 groups need more than one value each on the 1x1 P7 map.
+    torch.manual_seed(0)
+    assert tool.main(argv) is None
+    torch.manual_seed(0)  # the same random weights as the exported model
+    eager = build_model(tool.setup_cfg(tool.parse_args(argv))).eval()
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    for hw in ((96, 128), (80, 72)):
+        image = torch.rand((3, *hw), generator=torch.Generator().manual_seed(hw[1])) * 255
+        with torch.no_grad():
+            fields = scripted([{"image": image}])[0]
+        expected = eager_raw(eager, image)
+        assert sorted(fields) == ["pred_boxes", "pred_classes", "scores"]
+        assert len(expected) > 0
+        actual = Instances(hw, **dict(fields, pred_boxes=Boxes(fields["pred_boxes"])))
+        assert_same_instances(expected, actual, hw)
+
+
 def test_scripting_what_does_not_script_fails_saying_what_and_what_to_do(
     tmp_path, restore_logging
 ):
-    """A model whose code does not script (Keypoint R-CNN's keypoint decoding) stops the tool
+    """A model whose code does not script (a rotated R-CNN's proposal decoding) stops the tool
     with the scripting error itself (module, function, file) and points to tracing, writing
     no file; a meta-architecture other than GeneralizedRCNN / RetinaNet is refused."""
     tool = _load_tool()
     with pytest.raises(RuntimeError) as info:
-        tool.main(_scripting_argv(tmp_path, "MODEL.KEYPOINT_ON", "True"))
+        tool.main(_scripting_argv(tmp_path, *ROTATED_RCNN_OPTS))
     message = str(info.value)
     assert "GeneralizedRCNN could not be scripted" in message
-    assert "keypoint_head: KRCNNConvDeconvUpsampleHead" in message
-    assert "keypoint_head.py" in message  # the compiler's source location
+    assert "proposal_generator: RRPN" in message
+    assert "rpn.py" in message  # the compiler's source location
     assert "--export-method tracing" in message
     assert not (tmp_path / "model.ts").exists()
-    with pytest.raises(RuntimeError, match="supports GeneralizedRCNN and RetinaNet, not Sem"):
+    with pytest.raises(RuntimeError, match=r"supports GeneralizedRCNN and the dense detectors "
+                                           r"\(RetinaNet, FCOS\), not Sem"):
         tool.main(_scripting_argv(tmp_path, "MODEL.META_ARCHITECTURE", "SemanticSegmentor"))

@@ -21,8 +21,8 @@ Detectron2's tool): the R-CNNs are exported with ``do_postprocess=False``, so ma
 original image size is ``detector_postprocess`` / ``sem_seg_postprocess``, which ``--run-eval``
 applies (``segtron.export.onnx_export.ExportedModel``). Image height and width are dynamic.
 
-``--export-method scripting`` (``--format torchscript``; GeneralizedRCNN and RetinaNet, as in
-Detectron2) compiles the model instead of tracing it, so no sample image is read: model.ts
+``--export-method scripting`` (``--format torchscript``; GeneralizedRCNN and RetinaNet as in
+Detectron2, and FCOS) compiles the model instead of tracing it, so no sample image is read: model.ts
 takes ``[{"image": (C, H, W) tensor}, ...]`` and returns one dict of tensors per image
 (``pred_boxes``, ``scores``, ``pred_classes``, ``pred_masks``), the same raw detections.
 
@@ -68,7 +68,7 @@ from segtron.export.onnx_export import (  # noqa: E402
     export_inference_func,
     export_onnx,
 )
-from segtron.modeling import GeneralizedRCNN, RetinaNet, build_model  # noqa: E402
+from segtron.modeling import DenseDetector, GeneralizedRCNN, build_model  # noqa: E402
 from segtron.utils.file_io import PathManager  # noqa: E402
 from segtron.utils.logger import setup_logger  # noqa: E402
 
@@ -198,7 +198,7 @@ def export_tracing(model, inputs: List[Dict[str, Any]], args) -> ExportedModel:
 
 
 def export_scripting(model, args) -> None:
-    """Script ``model`` (GeneralizedRCNN / RetinaNet) as Detectron2's tool does and write
+    """Script ``model`` (GeneralizedRCNN; RetinaNet / FCOS) as Detectron2's tool does and write
     model.ts (with its IR dumped beside it) into ``args.output``.
 
     The scripted module takes ``[{"image": (C, H, W) float tensor}, ...]`` (any sizes) and
@@ -207,10 +207,11 @@ def export_scripting(model, args) -> None:
     Mask R-CNN); an R-CNN is scripted as ``inference(inputs, do_postprocess=False)``.
     Rescaling / mask pasting (``detector_postprocess``) stays in Python. Raises RuntimeError
     naming the model and what could not be scripted."""
-    if not isinstance(model, (GeneralizedRCNN, RetinaNet)):
+    if not isinstance(model, (GeneralizedRCNN, DenseDetector)):
         raise RuntimeError(
-            f"--export-method scripting supports GeneralizedRCNN and RetinaNet, not "
-            f"{type(model).__name__}; export it with --export-method tracing."
+            f"--export-method scripting supports GeneralizedRCNN and the dense detectors "
+            f"(RetinaNet, FCOS), not {type(model).__name__}; export it with "
+            "--export-method tracing."
         )
     try:
         scripted = scripting_with_instances(

@@ -331,10 +331,10 @@ class FCOS(DenseDetector):
         """One ``Instances`` per image in the network input's size; each score is
         ``sqrt(sigmoid(class logit) * sigmoid(centerness logit))`` (eq. 4 of the 2020 paper)."""
         pred_logits, pred_deltas, pred_centerness = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1]
+            [predictions[0], predictions[1], predictions[2]], [self.num_classes, 4, 1]
         )
         anchors = self.anchor_generator(features)
-        results = []
+        results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
             scores = [
                 torch.sqrt(x[i].sigmoid() * c[i].sigmoid())
@@ -403,11 +403,15 @@ class FCOSHead(RetinaNetHead):
             one of each per level.
         """
         if len(features) != self._num_features:
-            raise ValueError(
-                f"{type(self).__name__} was built for {self._num_features} levels, got "
-                f"{len(features)} feature maps."
-            )
-        logits, deltas, centerness = [], [], []
+            if not torch.jit.is_scripting():
+                raise ValueError(
+                    f"{type(self).__name__} was built for {self._num_features} levels, got "
+                    f"{len(features)} feature maps."
+                )
+            raise ValueError("The head got another number of feature maps than it was built for.")
+        logits: List[torch.Tensor] = []
+        deltas: List[torch.Tensor] = []
+        centerness: List[torch.Tensor] = []
         for feature in features:
             logits.append(self.cls_score(self.cls_subnet(feature)))
             box_features = self.bbox_subnet(feature)

@@ -4,7 +4,7 @@ trained at a higher IoU threshold (Cai & Vasconcelos, 2018).
 Detectron2 path: ``detectron2.modeling.roi_heads.cascade_rcnn``.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch.autograd.function import Function
 
 from ...config import configurable
 from ...layers import ShapeSpec
-from ...structures import Boxes, Instances, pairwise_iou
+from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
 from ..box_regression import Box2BoxTransform
 from ..feature_names import check_in_features
@@ -156,7 +156,13 @@ class CascadeROIHeads(StandardROIHeads):
             "proposal_matchers": matchers,
         }
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
         """See :meth:`ROIHeads.forward`. Training returns the sampled proposals and the
         per-stage box losses (+ ``loss_mask`` / ``loss_keypoint`` when enabled)."""
         del images
@@ -180,38 +186,53 @@ class CascadeROIHeads(StandardROIHeads):
         """Run the stages. Training: the per-stage losses. Eval: the detections."""
         feature_list = [features[f] for f in self.box_in_features]
         image_sizes = [p.image_size for p in proposals]
-        stage_outputs = []  # (predictor, predictions, proposals) per stage
-        prev_boxes = None
-        for k in range(self.num_cascade_stages):
+        # Per stage, for the losses: the predictions and the proposals they were made on.
+        stage_predictions: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        stage_proposals: List[List[Instances]] = []
+        prev_boxes: List[torch.Tensor] = []
+        scores: List[torch.Tensor] = []  # eval: per image, the sum of the stages' probabilities
+        # (TorchScript indexes module lists only with literals: iterate over the stages' pairs.)
+        for k, (box_head, predictor) in enumerate(zip(self.box_head, self.box_predictor)):
             if k > 0:
                 proposals = self._create_proposals_from_boxes(prev_boxes, image_sizes)
                 if self.training:
                     proposals = self._match_and_label_boxes(proposals, k, targets)
-            predictions = self._run_stage(feature_list, proposals, k)
-            prev_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
-            stage_outputs.append((self.box_predictor[k], predictions, proposals))
+            predictions = predictor(box_head(self._pool_for_stage(feature_list, proposals)))
+            prev_boxes = predictor.predict_boxes(predictions, proposals)
+            if self.training:
+                stage_predictions.append(predictions)
+                stage_proposals.append(proposals)
+            else:
+                probs = predictor.predict_probs(predictions, proposals)
+                scores = probs if k == 0 else [s + p for s, p in zip(scores, probs)]
 
         if self.training:
-            losses = {}
-            storage = get_event_storage()
-            for k, (predictor, predictions, stage_proposals) in enumerate(stage_outputs):
-                with storage.name_scope(f"stage{k}"):
-                    stage_losses = predictor.losses(predictions, stage_proposals)
-                losses.update({f"{name}_stage{k}": v for name, v in stage_losses.items()})
-            return losses
+            return self._stage_losses(stage_predictions, stage_proposals)
 
-        # Average the class probabilities of all stages, image by image.
-        probs_per_stage = [p.predict_probs(preds, props) for p, preds, props in stage_outputs]
-        scores = [
-            sum(per_image) * (1.0 / self.num_cascade_stages) for per_image in zip(*probs_per_stage)
-        ]
-        predictor, predictions, last_proposals = stage_outputs[-1]
-        boxes = predictor.predict_boxes(predictions, last_proposals)
+        # The last stage's boxes, scored with the stages' mean class probabilities.
+        scores = [per_image * (1.0 / self.num_cascade_stages) for per_image in scores]
+        last = self.box_predictor[-1]
         pred_instances, _ = fast_rcnn_inference(
-            boxes, scores, image_sizes, predictor.test_score_thresh, predictor.test_nms_thresh,
-            predictor.test_topk_per_image,
+            prev_boxes, scores, image_sizes, last.test_score_thresh, last.test_nms_thresh,
+            last.test_topk_per_image,
         )
         return pred_instances
+
+    @torch.jit.unused
+    def _stage_losses(
+        self,
+        stage_predictions: List[Tuple[torch.Tensor, torch.Tensor]],
+        stage_proposals: List[List[Instances]],
+    ) -> Dict[str, torch.Tensor]:
+        """Training: each stage's predictor losses, named ``{loss}_stage{k}``."""
+        losses = {}
+        storage = get_event_storage()
+        stages = zip(self.box_predictor, stage_predictions, stage_proposals)
+        for k, (predictor, predictions, proposals) in enumerate(stages):
+            with storage.name_scope(f"stage{k}"):
+                stage_losses = predictor.losses(predictions, proposals)
+            losses.update({f"{name}_stage{k}": v for name, v in stage_losses.items()})
+        return losses
 
     @torch.no_grad()
     def _match_and_label_boxes(
@@ -244,21 +265,22 @@ class CascadeROIHeads(StandardROIHeads):
         storage.put_scalar(f"stage{stage}/roi_head/num_bg_samples", sum(num_bg) / len(num_bg))
         return proposals
 
-    def _run_stage(self, features: List[torch.Tensor], proposals: List[Instances], stage: int):
-        """Pool, run stage ``stage``'s box head and predictor: (scores, deltas)."""
+    def _pool_for_stage(
+        self, features: List[torch.Tensor], proposals: List[Instances]
+    ) -> torch.Tensor:
+        """Pool the proposals' boxes for one stage's box head: (R, C, S, S)."""
         box_features = self.box_pooler(features, [p.proposal_boxes for p in proposals])
         if self.training:
             # Every stage back-propagates into the shared features: scale each stage's share.
             box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
-        box_features = self.box_head[stage](box_features)
-        return self.box_predictor[stage](box_features)
+        return box_features
 
     def _create_proposals_from_boxes(
-        self, boxes: List[torch.Tensor], image_sizes: List[tuple]
+        self, boxes: List[torch.Tensor], image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:
         """Detached boxes -> proposals: clipped to the image, and in training without empty
         boxes."""
-        proposals = []
+        proposals: List[Instances] = []
         for boxes_per_image, size in zip(boxes, image_sizes):
             boxes_per_image = Boxes(boxes_per_image.detach().clone())
             boxes_per_image.clip(size)

@@ -54,6 +54,9 @@ class Res5ROIHeads(ROIHeads):
     and the mask head (on its output, for foreground / detected regions).
     """
 
+    # A constant for TorchScript: without masks the mask branch is not compiled.
+    mask_on: torch.jit.Final[bool]
+
     @configurable
     def __init__(
         self,
@@ -151,7 +154,13 @@ class Res5ROIHeads(ROIHeads):
         """Pool the boxes and run res5: (R, C_out, S/2, S/2)."""
         return self.res5(self.pooler(features, boxes))
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
         """See :meth:`ROIHeads.forward`. Training returns ``([], losses)``."""
         del images
         if self.training:
@@ -182,7 +191,8 @@ class Res5ROIHeads(ROIHeads):
     ) -> List[Instances]:
         """Eval only: add ``pred_masks`` to detections that have ``pred_boxes`` and
         ``pred_classes`` (unchanged without a mask head)."""
-        _check_given_boxes(self, instances)
+        if not torch.jit.is_scripting():
+            _check_given_boxes(self, instances)
         if not self.mask_on:
             return instances
         x = self._shared_roi_transform(
