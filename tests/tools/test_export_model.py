@@ -15,9 +15,8 @@ from segtron.data.datasets.shapes import prepare_shapes_split
 from segtron.engine import DefaultPredictor
 from segtron.export.onnx_export import ExportedModel, ONNXRuntimeModel
 from segtron.modeling import build_model
-from segtron.structures import Boxes, Instances
 from tests.conftest import REPO_ROOT
-from tests.export.ts_models import ROTATED_RCNN_OPTS, eager_raw
+from tests.export.ts_models import ROTATED_RCNN_OPTS, as_instances, eager_raw
 from tests.export.ts_models import assert_same_instances
 
 TOOL = os.path.join(REPO_ROOT, "tools", "deploy", "export_model.py")
@@ -183,17 +182,31 @@ def test_help_says_what_stays_outside_the_graph():
         assert text in result.stdout, text
 
 
-def _scripting_argv(output, *opts):
+def _scripting_argv(output, *opts, config=DEMO_CONFIG, base=SMALL):
     return ["--format", "torchscript", "--export-method", "scripting", "--config-file",
-            DEMO_CONFIG, "--output", str(output), *SMALL, "MODEL.WEIGHTS", "", *opts]
+            config, "--output", str(output), *base, "MODEL.WEIGHTS", "", *opts]
 
 
-def test_scripting_exports_a_mask_rcnn_matching_eager(tmp_path, restore_logging):
+# A dense detector (FCOS, GroupNorm head) at small widths; 64 FPN channels: GroupNorm's 32
+# groups need more than one value each on the 1x1 P7 map of an 80 x 72 image.
+FCOS_SMALL = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+              "MODEL.RESNETS.RES2_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "64",
+              "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
+
+
+@pytest.mark.parametrize("config, base, fields", [
+    (DEMO_CONFIG, SMALL, ["pred_boxes", "pred_classes", "pred_masks", "scores"]),
+    (os.path.join(REPO_ROOT, "configs", "Shapes", "fcos_R_18_FPN.yaml"), FCOS_SMALL,
+     ["pred_boxes", "pred_classes", "scores"]),
+], ids=["mask_rcnn", "fcos"])
+def test_scripting_exports_a_model_matching_eager(config, base, fields, tmp_path,
+                                                  restore_logging):
     """--export-method scripting writes model.ts (and its IR): called on [{"image": ...}] of
-    any size it gives the eager model's inference(do_postprocess=False) as dicts of
+    any size it gives the eager model's raw detections (an R-CNN's
+    inference(do_postprocess=False), a dense detector's forward_inference) as dicts of
     tensors."""
     tool = _load_tool()
-    argv = _scripting_argv(tmp_path)
+    argv = _scripting_argv(tmp_path, config=config, base=base)
     torch.manual_seed(0)
     assert tool.main(argv) is None
     for name in ("model.ts", "model_ts_code.txt", "model_ts_IR.txt"):
@@ -204,37 +217,9 @@ def test_scripting_exports_a_mask_rcnn_matching_eager(tmp_path, restore_logging)
     for hw in ((96, 128), (80, 72)):
         image = torch.rand((3, *hw), generator=torch.Generator().manual_seed(hw[1])) * 255
         with torch.no_grad():
-            fields = scripted([{"image": image}])[0]
-            expected = eager.inference([{"image": image}], do_postprocess=False)[0]
-        assert sorted(fields) == ["pred_boxes", "pred_classes", "pred_masks", "scores"]
-        actual = Instances(hw, **dict(fields, pred_boxes=Boxes(fields["pred_boxes"])))
-        assert_same_instances(expected, actual, hw)
-
-
-def test_scripting_exports_fcos_matching_eager(tmp_path, restore_logging):
-    """A dense detector through the tool (FCOS, GroupNorm head): model.ts gives the eager
-    model's raw detections on two image sizes."""
-    tool = _load_tool()
-    config = os.path.join(REPO_ROOT, "configs", "Shapes", "fcos_R_18_FPN.yaml")
-    argv = ["--format", "torchscript", "--export-method", "scripting", "--config-file", config,
-            "--output", str(tmp_path), "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
-            "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
-            "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
-    # 64 channels: GroupNorm's 32 groups need more than one value each on the 1x1 P7 map.
-    torch.manual_seed(0)
-    assert tool.main(argv) is None
-    torch.manual_seed(0)  # the same random weights as the exported model
-    eager = build_model(tool.setup_cfg(tool.parse_args(argv))).eval()
-    scripted = torch.jit.load(str(tmp_path / "model.ts"))
-    for hw in ((96, 128), (80, 72)):
-        image = torch.rand((3, *hw), generator=torch.Generator().manual_seed(hw[1])) * 255
-        with torch.no_grad():
-            fields = scripted([{"image": image}])[0]
-        expected = eager_raw(eager, image)
-        assert sorted(fields) == ["pred_boxes", "pred_classes", "scores"]
-        assert len(expected) > 0
-        actual = Instances(hw, **dict(fields, pred_boxes=Boxes(fields["pred_boxes"])))
-        assert_same_instances(expected, actual, hw)
+            fields_out = scripted([{"image": image}])[0]
+        assert sorted(fields_out) == fields
+        assert_same_instances(eager_raw(eager, image), as_instances(fields_out, hw), hw)
 
 
 def test_scripting_what_does_not_script_fails_saying_what_and_what_to_do(

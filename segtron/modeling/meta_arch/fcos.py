@@ -402,13 +402,7 @@ class FCOSHead(RetinaNetHead):
             logits (N, K, Hi, Wi), deltas (N, 4, Hi, Wi) and centerness logits (N, 1, Hi, Wi),
             one of each per level.
         """
-        if len(features) != self._num_features:
-            if not torch.jit.is_scripting():
-                raise ValueError(
-                    f"{type(self).__name__} was built for {self._num_features} levels, got "
-                    f"{len(features)} feature maps."
-                )
-            raise ValueError("The head got another number of feature maps than it was built for.")
+        self._check_num_levels(features)
         logits: List[torch.Tensor] = []
         deltas: List[torch.Tensor] = []
         centerness: List[torch.Tensor] = []

@@ -404,6 +404,16 @@ class RetinaNetHead(nn.Module):
             "num_anchors": num_anchors[0],
         }
 
+    def _check_num_levels(self, features: List[torch.Tensor]) -> None:
+        """Raise ValueError unless ``features`` has one map per level the head was built for."""
+        if len(features) != self._num_features:
+            if not torch.jit.is_scripting():
+                raise ValueError(
+                    f"{type(self).__name__} was built for {self._num_features} levels, got "
+                    f"{len(features)} feature maps."
+                )
+            raise ValueError("The head got another number of feature maps than it was built for.")
+
     def forward(
         self, features: List[torch.Tensor]
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -413,13 +423,7 @@ class RetinaNetHead(nn.Module):
         Returns:
             logits: L tensors (N, A * K, Hi, Wi); deltas: L tensors (N, A * 4, Hi, Wi).
         """
-        if len(features) != self._num_features:
-            if not torch.jit.is_scripting():
-                raise ValueError(
-                    f"{type(self).__name__} was built for {self._num_features} levels, got "
-                    f"{len(features)} feature maps."
-                )
-            raise ValueError("The head got another number of feature maps than it was built for.")
+        self._check_num_levels(features)
         logits: List[torch.Tensor] = []
         deltas: List[torch.Tensor] = []
         for feature in features:
