@@ -23,8 +23,10 @@ def pytest_configure(config):
     cores that is 4 spinning threads on 2 cores, and the suite took 6:40 instead of 4:10 here.
     An OMP_NUM_THREADS already set is kept.
     """
-    # OpenCV's settings (OPENCV_OPENCL_RUNTIME) happen before the first test, as in a training
-    # script, rather than inside whichever test first triggers them.
+    # What importing and setting up segtron does to os.environ (OpenCV's OPENCV_OPENCL_RUNTIME;
+    # torch's inductor sets TORCHINDUCTOR_CACHE_DIR on import) happens before the first test,
+    # as in a training script, not inside whichever test first triggers it.
+    import segtron.modeling  # noqa: F401
     from segtron.utils.env import available_cpu_cores, setup_environment
 
     setup_environment()
