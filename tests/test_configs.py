@@ -30,6 +30,9 @@ PROJECT_YAML = sorted(
 )
 R50 = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 ALL_PY = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.py"))
+PROJECT_PY = sorted(
+    p.relative_to(REPO).as_posix() for p in (REPO / "projects").glob("*/configs/**/*.py")
+)
 
 
 def _load(rel: str):
@@ -74,15 +77,15 @@ def test_every_shipped_config_builds_its_model(path):
     assert sum(p.numel() for p in params) > 0
 
 
-@pytest.mark.parametrize("rel", ALL_PY)
-def test_every_shipped_py_config_loads_and_builds_its_model(rel):
-    """Every LazyConfig (.py) under configs/ loads; its ``model``, if it has one, instantiates
-    (on the meta device, as above). Files of configs/common/ without a model (data, optim,
-    schedules, train) only load."""
-    cfg = LazyConfig.load(str(CONFIGS / rel))
-    assert len(cfg) > 0, rel
+@pytest.mark.parametrize("path", [f"configs/{rel}" for rel in ALL_PY] + PROJECT_PY)
+def test_every_shipped_py_config_loads_and_builds_its_model(path):
+    """Every LazyConfig (.py) under configs/ and projects/*/configs/ loads; its ``model``, if
+    it has one, instantiates (on the meta device, as above). Files of a ``common/`` folder
+    without a model (data, optim, schedules, train) only load."""
+    cfg = LazyConfig.load(str(REPO / path))
+    assert len(cfg) > 0, path
     if "model" not in cfg:
-        assert rel.startswith("common/"), f"{rel} has no model"
+        assert "/common/" in path, f"{path} has no model"
         return
     with torch.device("meta"):
         model = instantiate(cfg.model)

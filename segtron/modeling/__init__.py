@@ -9,12 +9,17 @@ from .anchor_generator import ANCHOR_GENERATOR_REGISTRY, build_anchor_generator
 from .backbone import (
     BACKBONE_REGISTRY,
     FPN,
+    MViT,
     Backbone,
     ResNet,
     ResNetBlockBase,
+    SimpleFeaturePyramid,
+    SwinTransformer,
     TimmBackbone,
+    ViT,
     build_backbone,
     build_resnet_backbone,
+    get_vit_lr_decay_rate,
     make_stage,
 )
 from .meta_arch import (

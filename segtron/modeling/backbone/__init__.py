@@ -1,5 +1,5 @@
-"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt, RegNet, any timm model and FPN, built
-by ``BACKBONE_REGISTRY``."""
+"""Backbones: the ``Backbone`` interface, ResNet/ResNeXt, RegNet, the transformers (ViT with
+SimpleFeaturePyramid, MViTv2, Swin), any timm model and FPN, built by ``BACKBONE_REGISTRY``."""
 
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
@@ -11,6 +11,7 @@ from .fpn import (
     build_fcos_resnet_fpn_backbone,
     build_retinanet_resnet_fpn_backbone,
 )
+from .mvit import MViT
 from .regnet import RegNet
 from .resnet import (
     BasicBlock,
@@ -22,12 +23,14 @@ from .resnet import (
     build_resnet_backbone,
     make_stage,
 )
+from .swin import SwinTransformer
 from .timm_backbone import (
     TimmBackbone,
     build_timm_backbone,
     build_timm_fpn_backbone,
     build_timm_retinanet_fpn_backbone,
 )
+from .vit import SimpleFeaturePyramid, ViT, get_vit_lr_decay_rate
 
 __all__ = [
     "Backbone",
@@ -52,4 +55,9 @@ __all__ = [
     "build_timm_backbone",
     "build_timm_fpn_backbone",
     "build_timm_retinanet_fpn_backbone",
+    "ViT",
+    "SimpleFeaturePyramid",
+    "get_vit_lr_decay_rate",
+    "MViT",
+    "SwinTransformer",
 ]
