@@ -10,6 +10,7 @@ import collections.abc as abc
 import copy
 import dataclasses
 import difflib
+import functools
 import inspect
 import logging
 import os
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from segtron.utils.registry import _convert_target_to_string
 
 from .lazy_loader import exec_config_file, to_config, top_level_configs
-from .lazy_yaml import ConfigDumper, ConfigLoader, is_named_callable
+from .lazy_yaml import ConfigDumper, ConfigLoader, is_savable
 from .lazy_to_py import config_to_py
 
 __all__ = ["LazyCall", "LazyConfig"]
@@ -68,7 +69,9 @@ def _targets_to_strings(cfg: Any) -> None:
     """Replace callable ``_target_`` values by their dotted import paths, in place (a
     ``_target_`` that is itself a LazyCall config is left as a config, its own targets named)."""
     if isinstance(cfg, DictConfig):
-        if "_target_" in cfg and callable(cfg._get_node("_target_")._value()):
+        target = cfg._get_node("_target_")._value() if "_target_" in cfg else None
+        # A functools.partial target has no dotted path: it is saved as a partial value.
+        if callable(target) and not isinstance(target, functools.partial):
             cfg["_target_"] = _convert_target_to_string(cfg["_target_"])
         for key in cfg.keys():
             _targets_to_strings(cfg._get_node(key))
@@ -78,24 +81,21 @@ def _targets_to_strings(cfg: Any) -> None:
 
 
 def _unserializable_paths(obj: Any, path: str = "") -> List[str]:
-    """Paths of the values in a plain container that YAML cannot represent safely."""
+    """Paths of the values in a plain container that ``save`` cannot write (``is_savable``)."""
     if isinstance(obj, dict):
         return [p for k, v in obj.items() for p in _unserializable_paths(v, f"{path}.{k}")]
     if isinstance(obj, (list, tuple)):
         return [p for i, v in enumerate(obj) for p in _unserializable_paths(v, f"{path}[{i}]")]
-    if obj is None or isinstance(obj, (bool, int, float, str)) or is_named_callable(obj):
-        return []
-    return [path.lstrip(".")]
+    return [] if is_savable(obj) else [path.lstrip(".")]
 
 
 def _replace_unserializable(obj: Any) -> Any:
+    """``obj`` with each value ``save`` cannot write replaced by an ``<unserializable>`` string."""
     if isinstance(obj, dict):
         return {k: _replace_unserializable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_replace_unserializable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)) or is_named_callable(obj):
-        return obj
-    return f"<unserializable: {obj!r}>"
+    return obj if is_savable(obj) else f"<unserializable: {obj!r}>"
 
 
 class LazyConfig:
@@ -148,9 +148,11 @@ class LazyConfig:
         """Save ``cfg`` as YAML that ``load`` reads back.
 
         Callable ``_target_`` values are written as dotted import paths, other importable
-        classes and functions as ``!!python/name:`` tags (see ``lazy_yaml``). Values YAML
-        cannot hold (lambdas, objects) are written as ``"<unserializable: ...>"`` strings with a
-        warning naming them: the file is readable but does not reproduce those values.
+        classes and functions as ``!!python/name:`` tags and ``functools.partial`` objects of
+        them as ``!!python/partial`` mappings (see ``lazy_yaml``). Values YAML cannot hold
+        (lambdas, objects, partials of those) are written as ``"<unserializable: ...>"``
+        strings with a warning naming them: the file is readable but does not reproduce those
+        values.
         """
         cfg = copy.deepcopy(cfg)
         if not isinstance(cfg, DictConfig):

@@ -2,16 +2,20 @@
 
 Top-level keys become ``<prefix><key> = <expression>`` lines; a dict with ``_target_`` becomes
 ``LazyCall(Target)(...)`` with ``Target`` imported when it is a class or function, other dicts
-become ``dict(...)``. Expressions longer than one line allows are broken one argument a line.
-The result is exec-able as long as every leaf value has an evaluable ``repr``.
+become ``dict(...)``, a ``functools.partial`` of a named callable ``partial(Func, ...)``.
+Expressions longer than one line allows are broken one argument a line. The result is
+exec-able as long as every leaf value has an evaluable ``repr``.
 """
 
 import collections.abc as abc
+import functools
 from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segtron.utils.registry import _convert_target_to_string, locate
+
+from .lazy_yaml import is_named_callable, is_savable
 
 __all__ = ["config_to_py"]
 
@@ -27,6 +31,17 @@ class _Imports:
 
     def reference(self, obj: Any) -> Optional[str]:
         """Python code naming ``obj`` (importing its module's top-level attribute), or None."""
+        where = self._module_and_qualname(obj)
+        if where is None:
+            return None
+        module, qualname = where
+        if self.by_name.setdefault(qualname.split(".")[0], module) != module:
+            return None
+        return qualname
+
+    @staticmethod
+    def _module_and_qualname(obj: Any) -> Optional[Tuple[str, str]]:
+        """(module to import from, qualified name in it) of a class or function, or None."""
         try:
             dotted = _convert_target_to_string(obj)
         except ValueError:
@@ -46,9 +61,16 @@ class _Imports:
                 module = _convert_target_to_string(locate(f"{module}.{head}")).rpartition(".")[0]
             except (ImportError, ValueError):
                 pass
-        if not module or self.by_name.setdefault(head, module) != module:
-            return None
-        return qualname
+        return (module, qualname) if module else None
+
+    def callable_code(self, obj: Any) -> Optional[str]:
+        """Python code naming a named class or function: its imported name, or where that name
+        is taken by another import, an ``__import__(...)`` expression; None if not importable."""
+        ref = self.reference(obj)
+        if ref is not None or not is_named_callable(obj):
+            return ref
+        module, qualname = self._module_and_qualname(obj)
+        return f"__import__({module!r}, fromlist=[{qualname.split('.')[0]!r}]).{qualname}"
 
     def lines(self) -> List[str]:
         """The import statements, sorted, with LazyCall's first."""
@@ -61,6 +83,8 @@ def _target_code(target: Any, imports: _Imports) -> str:
     """An imported name for a callable target, else its dotted path as a string literal."""
     if isinstance(target, str):
         return repr(target)
+    if isinstance(target, functools.partial):
+        return _expr(target, imports)
     ref = imports.reference(target)
     if ref is not None:
         return ref
@@ -89,11 +113,24 @@ def _pieces(value: Any, imports: _Imports) -> Tuple[str, str, List[str]]:
                 raise ValueError(f"to_py: LazyCall keys must be identifiers, got {keys}.")
             return f"LazyCall({_target_code(value['_target_'], imports)})(", ")", items
         return ("dict(", ")", items) if as_kwargs else ("{", "}", items)
+    if isinstance(value, functools.partial) and is_savable(value):
+        return f"{imports.callable_code(functools.partial)}(", ")", _partial_items(value, imports)
     if callable(value) and not isinstance(value, (str, bytes)):
-        ref = imports.reference(value)
+        ref = imports.callable_code(value)
         if ref is not None:
             return "", "", [ref]
     return "", "", [repr(value)]
+
+
+def _partial_items(value: functools.partial, imports: _Imports) -> List[str]:
+    """The arguments of ``partial(...)`` rebuilding ``value``: function, args, keywords."""
+    items = [_expr(value.func, imports)] + [_expr(a, imports) for a in value.args]
+    named = {k: v for k, v in value.keywords.items() if k.isidentifier()}
+    items += [f"{k}={_expr(v, imports)}" for k, v in named.items()]
+    others = {k: v for k, v in value.keywords.items() if k not in named}
+    if others:
+        items.append("**" + _expr(others, imports))
+    return items
 
 
 def _expr(value: Any, imports: _Imports, indent: str = "", room: int = _WIDTH) -> str:
