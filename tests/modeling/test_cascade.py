@@ -141,6 +141,28 @@ def test_inference_averages_the_stage_scores():
         assert ours.pred_masks.shape == (20, 1, 28, 28)
 
 
+def test_run_stage_is_what_each_stage_computes():
+    """Detectron2's _run_stage(features, proposals, stage) still answers for code that calls
+    it: stage k's (scores, deltas) on the given proposals, as the forward pass computes them."""
+    heads = build_roi_heads(_cascade_cfg(), FPN_SHAPES).eval()
+    features = [_features()[f] for f in heads.box_in_features]
+    proposals = _proposals()
+    seen = []
+    hooks = [p.register_forward_hook(lambda m, i, o: seen.append(o)) for p in heads.box_predictor]
+    with torch.no_grad():
+        heads._forward_box({f: x for f, x in zip(heads.box_in_features, features)}, proposals)
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        first = heads._run_stage(features, proposals, 0)
+        pooled = heads.box_pooler(features, [p.proposal_boxes for p in proposals])
+        third = heads._run_stage(features, proposals, 2)
+    assert len(seen) == 3
+    assert all(torch.equal(a, b) for a, b in zip(first, seen[0]))
+    expected = heads.box_predictor[2](heads.box_head[2](pooled))
+    assert all(torch.equal(a, b) for a, b in zip(third, expected))
+
+
 def test_config_errors():
     cfg = _cascade_cfg()
     cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False

@@ -275,6 +275,15 @@ class CascadeROIHeads(StandardROIHeads):
             box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
         return box_features
 
+    @torch.jit.unused
+    def _run_stage(self, features: List[torch.Tensor], proposals: List[Instances], stage: int):
+        """Detectron2's per-stage call, kept for code that calls it: pool, then stage
+        ``stage``'s box head and predictor; returns (scores, deltas). ``_forward_box`` runs the
+        same steps inline (TorchScript cannot index the stage lists with a variable), so
+        overriding this method does not change the model's forward."""
+        box_features = self._pool_for_stage(features, proposals)
+        return self.box_predictor[stage](self.box_head[stage](box_features))
+
     def _create_proposals_from_boxes(
         self, boxes: List[torch.Tensor], image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:
