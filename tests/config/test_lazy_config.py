@@ -335,7 +335,7 @@ def test_saved_vitdet_tiny_config_builds_the_same_model(tmp_path, caplog):
         ours, reference = instantiate(saved.model), instantiate(cfg.model)
     shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    assert shapes["backbone.net.patch_embed.proj.weight"] == (96, 3, 16, 16)
+    assert shapes["backbone.net.patch_embed.proj.weight"] == (96, 3, 8, 8)
     norms = [m for m in ours.backbone.net.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(m.eps == 1e-6 for m in norms)
 

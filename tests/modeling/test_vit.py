@@ -482,11 +482,15 @@ def test_tiny_shapes_config_trains_with_lazyconfig_train_net(tmp_path):
     assert all(losses <= set(m) and all(math.isfinite(m[k]) for k in losses) for m in steps)
     assert {"bbox/AP", "segm/AP"} <= set(metrics[-1])
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert state["backbone.net.blocks.1.attn.rel_pos_h"].shape == (23, 32)  # global, 12 x 12
-    assert state["backbone.net.blocks.0.attn.rel_pos_h"].shape == (11, 32)  # 6 x 6 windows
-    assert state["backbone.net.pos_embed"].shape == (1, 144, 96)
+    # 8 px patches on a 192 px square: 24 x 24 tokens, 4 x 4 windows in blocks 0 and 2.
+    assert state["backbone.net.blocks.1.attn.rel_pos_h"].shape == (47, 32)  # global, 24 x 24
+    assert state["backbone.net.blocks.0.attn.rel_pos_h"].shape == (7, 32)  # 4 x 4 windows
+    assert state["backbone.net.pos_embed"].shape == (1, 576, 96)
+    assert state["backbone.net.blocks.3.residual.conv2.weight"].shape == (48, 48, 3, 3)
+    # Stride-8 map -> p2..p4 in the pyramid, p5 and p6 from LastLevelP6P7 on p4.
     assert {k.split(".")[1] for k in state if k.startswith("backbone.simfp")} == {
-        "simfp_2", "simfp_3", "simfp_4", "simfp_5"}
+        "simfp_2", "simfp_3", "simfp_4"}
+    assert state["backbone.top_block.p6.weight"].shape == (64, 64, 3, 3)
     # The relative position tables start at zero: trained, they are not.
     for i in range(4):
         assert state[f"backbone.net.blocks.{i}.attn.rel_pos_w"].abs().sum() > 0, i
