@@ -6,14 +6,12 @@
 #
 #   python tools/lazyconfig_train_net.py \
 #       --config-file projects/ViTDet/configs/COCO/cascade_mask_rcnn_swin_b_in21k_50ep.py
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-
 from segtron import model_zoo
 from segtron.config import LazyCall as L
 from segtron.modeling import SwinTransformer
-from segtron.solver import WarmupParamScheduler
 
 from ..common.coco_loader_lsj import dataloader
+from .mask_rcnn_vitdet_b_100ep import lr_multiplier, train
 
 model = model_zoo.get_config("common/models/cascade_rcnn.py").model
 constants = model_zoo.get_config("common/data/constants.py").constants
@@ -45,24 +43,9 @@ for box_head in model.roi_heads.box_heads:
     box_head.conv_norm = "LN"
 model.roi_heads.mask_head.conv_norm = "LN"
 
-# Initialization and trainer settings
-train = model_zoo.get_config("common/train.py").train
-train.amp.enabled = True
-train.ddp.fp16_compression = True
+# Trainer settings and schedule: ViTDet-B's (AMP, 100 epochs of LSJ), from Swin's ImageNet-21k
+# weights, halved to 50 epochs (milestones too).
 train.init_checkpoint = "detectron2://ImageNetPretrained/swin/swin_base_patch4_window7_224_22k.pth"
-
-# Schedule: 100 epochs = 184375 iterations * 64 images / 118000 images per epoch, halved to 50
-# epochs below (milestones too).
-train.max_iter = 184375
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01],
-        milestones=[163889, 177546],
-        num_updates=train.max_iter,
-    ),
-    warmup_length=250 / train.max_iter,
-    warmup_factor=0.001,
-)
 train.max_iter = train.max_iter // 2
 lr_multiplier.scheduler.milestones = [m // 2 for m in lr_multiplier.scheduler.milestones]
 lr_multiplier.scheduler.num_updates = train.max_iter
